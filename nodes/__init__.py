@@ -1,0 +1,16 @@
+"""ComfyUI node classes (V3 schema). Thin: they translate inputs into calls to training/ and
+masking/ and report progress; ComfyUI itself is reached only through `host`."""
+
+from comfy_api.latest import ComfyExtension, io
+
+from . import host
+from .demo_model import DemoModel
+
+NODES: list[type[io.ComfyNode]] = [DemoModel]
+
+
+class LoRALabExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        for problem in host.check_host():
+            host.log.warning("LoRA Lab: %s; some nodes may fail on this ComfyUI version", problem)
+        return NODES

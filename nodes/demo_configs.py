@@ -1,0 +1,52 @@
+"""Sizes of the tiny random-weight models the Demo Model node builds (plain data, no ComfyUI).
+
+Each family keeps the real architecture's layer kinds (attention, MLP, conv, down/up-sampling,
+text encoders, VAE) at widths small enough for seconds-long CPU runs. ComfyUI's file-based model
+detection only recognises the full sizes, so these models are built in memory, never loaded.
+"""
+
+# VAE: ComfyUI's AutoencoderKL with 3 down-samplings (8x, like the real ones); GroupNorm needs
+# channel counts divisible by 32.
+def vae_config(latent_channels: int) -> dict:
+    return {
+        "params": {
+            "embed_dim": latent_channels,
+            "ddconfig": {
+                "double_z": True, "z_channels": latent_channels, "resolution": 256,
+                "in_channels": 3, "out_ch": 3, "ch": 32, "ch_mult": [1, 1, 1, 1],
+                "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0,
+            },
+        }
+    }
+
+
+# 3 layers: SDXL reads the penultimate layer (layer_idx -2 must be inside the stack).
+CLIP_L = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
+          "num_hidden_layers": 3, "projection_dim": 32}
+CLIP_G = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
+          "num_hidden_layers": 3, "projection_dim": 32}
+T5XXL = {"d_model": 64, "d_ff": 128, "d_kv": 32, "num_heads": 2, "num_layers": 1}
+
+FLUX_UNET = {
+    "image_model": "flux", "in_channels": 16, "out_channels": 16, "patch_size": 2,
+    "vec_in_dim": CLIP_L["hidden_size"], "context_in_dim": T5XXL["d_model"],
+    "hidden_size": 128, "mlp_ratio": 4.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
+    "axes_dim": [16, 24, 24], "theta": 10000, "qkv_bias": True, "guidance_embed": True,
+}
+
+_UNET_COMMON = {
+    "use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4,
+    "use_spatial_transformer": True, "legacy": False, "model_channels": 32,
+    "num_res_blocks": [1, 1], "channel_mult": [1, 2], "transformer_depth": [1, 1],
+    "transformer_depth_output": [1, 1, 1, 1], "transformer_depth_middle": 1,
+    "use_temporal_attention": False, "use_temporal_resblock": False,
+}
+SD15_UNET = {**_UNET_COMMON, "adm_in_channels": None, "use_linear_in_transformer": False,
+             "context_dim": CLIP_L["hidden_size"], "num_heads": 8, "num_head_channels": -1}
+# SDXL's adm vector: CLIP-G's projected pooled output + 6 size/crop embeddings of 256.
+SDXL_UNET = {**_UNET_COMMON, "adm_in_channels": CLIP_G["projection_dim"] + 6 * 256,
+             "num_classes": "sequential", "use_linear_in_transformer": True,
+             "context_dim": CLIP_L["hidden_size"] + CLIP_G["hidden_size"], "num_head_channels": 16}
+
+FAMILIES = ("Flux", "SD1.5", "SDXL")
+WEIGHT_DTYPES = ("fp32", "bf16", "fp16")

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Builds the development/test virtual environment for LoRA Lab.
+#   scripts/dev-env.sh [VENV_DIR]        (default: .venv in the repo root)
+# - pins the CPU torch wheel (ComfyUI owns torch in a user's install; here we only test);
+# - installs the pack's requirements and the test requirements;
+# - when a ComfyUI source tree is found ($COMFYUI_PATH, ../.. when the pack sits in
+#   custom_nodes/, or ~/comfy/ComfyUI) also installs ComfyUI's requirements, with the CPU-torch
+#   workarounds its torchvision/torchaudio wheels need. It never downloads ComfyUI itself.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv=${1:-$root/.venv}
+py=${PYTHON:-python3}
+torch_pin=${TORCH_PIN:-torch==2.13.0}
+
+[ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
+# shellcheck disable=SC1091
+. "$venv/bin/activate"
+constraints="$venv/torch-constraint.txt"
+echo "$torch_pin" >"$constraints"
+pip() { python -m pip "$@"; }
+
+pip install -q --upgrade pip
+pip install -q "$torch_pin"
+pip install -q -r "$root/requirements.txt" -c "$constraints"
+pip install -q -r "$root/requirements-dev.txt" -c "$constraints"
+
+comfy=$("$root/scripts/find-comfyui.sh" || true)
+if [ -n "$comfy" ]; then
+  echo "dev-env: ComfyUI found at $comfy; installing its requirements"
+  pip install -q -r "$comfy/requirements.txt" requests -c "$constraints"
+  # The registry's torchaudio is a CUDA build that cannot load beside CPU torch: only
+  # ComfyUI's audio nodes need it.
+  pip uninstall -q -y torchaudio || true
+  # The registry's torchvision is a CUDA build: its fake-op registrations for nms/qnms fail
+  # on CPU torch. ComfyUI uses none of its C ops, so guard those two registrations.
+  python - <<'PY'
+import pathlib, re, importlib.util
+spec = importlib.util.find_spec("torchvision")
+path = pathlib.Path(spec.origin).parent / "_meta_registrations.py"
+src = path.read_text()
+if "_loralab_guard" not in src:
+    src = re.sub(r'^@(torch\.library\.register_fake\("torchvision::q?nms"\))',
+                 r'@(\1 if __import__("torchvision.extension", fromlist=["_has_ops"])._has_ops() else (lambda f: f))',
+                 src, flags=re.M)
+    path.write_text(src + "\n# _loralab_guard\n")
+PY
+  python -c "import torchvision" || { echo "dev-env: torchvision still does not import" >&2; exit 1; }
+else
+  echo "dev-env: no ComfyUI source tree found; only the core tier can run"
+fi
+echo "dev-env: ready: $venv"
