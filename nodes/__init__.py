@@ -4,9 +4,12 @@ masking/ and report progress; ComfyUI itself is reached only through `host`."""
 from comfy_api.latest import ComfyExtension, io
 
 from . import host
+from .dataset_from_images import DatasetFromImages
 from .demo_model import DemoModel
+from .train import Train
+from .train_config import Network, Objective, Optimizer, Save
 
-NODES: list[type[io.ComfyNode]] = [DemoModel]
+NODES: list[type[io.ComfyNode]] = [DemoModel, DatasetFromImages, Train, Network, Optimizer, Objective, Save]
 
 
 class LoRALabExtension(ComfyExtension):

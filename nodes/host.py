@@ -151,3 +151,319 @@ def build_demo_model(family: str, weight_dtype: str = "fp32", seed: int = 0) -> 
         clip=_build_clip(family, seed + 1),
         vae=_build_vae(latent_channels, seed + 2),
     )
+
+
+# --- Training on a ComfyUI MODEL --------------------------------------------------------------
+
+# model_config class name -> base family (file names, metadata, target presets)
+_BASE_FAMILIES = {"Flux": "flux", "FluxSchnell": "flux", "SDXL": "sdxl", "SD15": "sd15"}
+
+# Which layers a preset adapts: per base, the block classes searched and, per preset, a filter on
+# the layer's path inside its block (None: every Linear/Conv in the block).
+_BLOCKS = {
+    "flux": ("DoubleStreamBlock", "SingleStreamBlock"),
+    "sdxl": ("SpatialTransformer", "ResBlock", "Downsample", "Upsample"),
+    "sd15": ("SpatialTransformer", "ResBlock", "Downsample", "Upsample"),
+}
+_FLUX_ATTENTION = ("attn.qkv", "attn.proj", "linear1", "linear2")
+_PRESETS = {
+    "flux": {
+        "attention": lambda block, path: path.endswith(_FLUX_ATTENTION),
+        "attention+mlp": lambda block, path: path.endswith(_FLUX_ATTENTION) or "_mlp." in path,
+        "all": lambda block, path: True,
+    },
+    "unet": {
+        "attention": lambda block, path: block == "SpatialTransformer" and (".attn1." in f".{path}" or ".attn2." in f".{path}"),
+        "attention+mlp": lambda block, path: block == "SpatialTransformer",
+        "all": lambda block, path: True,
+    },
+}
+TARGET_PRESETS = ("attention", "attention+mlp", "all")
+
+
+def base_family(patcher) -> str:
+    name = type(patcher.model.model_config).__name__
+    if name not in _BASE_FAMILIES:
+        raise ValueError(f"unsupported model family {name}: LoRA Lab trains Flux, SDXL and SD1.5 models")
+    return _BASE_FAMILIES[name]
+
+
+def prediction_family(patcher):
+    from comfy.model_base import ModelType
+
+    from ..training.objective import FAMILIES
+
+    kind = {ModelType.FLUX: "flow", ModelType.EPS: "eps", ModelType.V_PREDICTION: "v"}.get(patcher.model.model_type)
+    if kind is None:
+        raise ValueError(f"unsupported prediction type {patcher.model.model_type.name}: LoRA Lab trains eps, "
+                         "v-prediction and flow (Flux) models")
+    return FAMILIES[kind]
+
+
+def _lora_names(patcher, base: str) -> dict[str, str]:
+    """Weight key -> the kohya-format name the stock LoraLoader maps back to it. SD1.5 files
+    use diffusers block names; Flux and SDXL files use ComfyUI's module paths."""
+    import comfy.lora
+
+    names: dict[str, list[str]] = {}
+    for lora_key, target in comfy.lora.model_lora_keys_unet(patcher.model, {}).items():
+        if isinstance(target, str) and lora_key.startswith("lora_unet_"):
+            names.setdefault(target, []).append(lora_key)
+    chosen = {}
+    for weight_key, candidates in names.items():
+        path_style = "lora_unet_" + weight_key[len("diffusion_model."):-len(".weight")].replace(".", "_")
+        diffusers = [c for c in candidates if c != path_style]
+        chosen[weight_key] = diffusers[0] if base == "sd15" and diffusers else path_style
+    return chosen
+
+
+def target_modules(patcher, preset: str) -> dict[str, torch.nn.Module]:
+    """{file name prefix: layer} for the preset, every name loadable by the stock LoraLoader."""
+    base = base_family(patcher)
+    if preset not in TARGET_PRESETS:
+        raise ValueError(f"target preset must be one of {', '.join(TARGET_PRESETS)}, not {preset!r}")
+    wanted = _PRESETS["flux" if base == "flux" else "unet"][preset]
+    names = _lora_names(patcher, base)
+    targets = {}
+    for block_path, block in patcher.model.diffusion_model.named_modules():
+        block_class = type(block).__name__
+        if block_class not in _BLOCKS[base]:
+            continue
+        for path, layer in block.named_modules():
+            if not isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)) or not wanted(block_class, path):
+                continue
+            key = f"diffusion_model.{block_path}.{path}.weight"
+            if key not in names:
+                raise RuntimeError(f"ComfyUI's LoRA key map has no name for {key}: this ComfyUI version "
+                                   "is not supported for training")
+            targets[names[key]] = layer
+    return targets
+
+
+def _raw_output_sampling(model_sampling):
+    """A copy of the model's sampling object whose calculate_denoised returns the raw network
+    output (ε, v or flow velocity) instead of x0, so the loss is taken in the model's own
+    prediction space: x0-space MSE would reweight timesteps by σ²."""
+    import copy
+
+    class RawOutput(type(model_sampling)):
+        def calculate_denoised(self, sigma, model_output, model_input):
+            return model_output
+
+    raw = copy.copy(model_sampling)
+    raw.__class__ = RawOutput
+    return raw
+
+
+def _detached(weight):
+    return weight.detach()
+
+
+def _freeze_base_weights(patcher) -> None:
+    """Frozen weights must be usable in backward without being trained: loader nodes make
+    inference tensors (which autograd refuses to save), and ComfyUI parameters require grad.
+    ComfyUI's cast layers get a weight wrapper that hands autograd a fresh detached copy; the few
+    other parameters (norm scales) get patcher-scoped detached clones. Both are undone when the
+    patcher is unloaded: the shared module itself is never changed."""
+    from comfy.ops import CastWeightBiasOp
+
+    for module_path, module in patcher.model.diffusion_model.named_modules():
+        for name, param in module.named_parameters(recurse=False):
+            key = f"diffusion_model.{module_path}.{name}"
+            if isinstance(module, CastWeightBiasOp) and name in ("weight", "bias"):
+                patcher.add_weight_wrapper(key, _detached)
+            else:
+                patcher.add_object_patch(key, torch.nn.Parameter(param.detach().clone(), requires_grad=False))
+
+
+def _flux_block(block, args: dict) -> dict:
+    common = dict(vec=args["vec"], pe=args["pe"], attn_mask=args.get("attn_mask"),
+                  transformer_options=args.get("transformer_options"))
+    if "txt" in args:
+        img, txt = block(img=args["img"], txt=args["txt"], **common)
+        return {"img": img, "txt": txt}
+    return {"img": block(args["img"], **common)}
+
+
+def _flux_block_patch(block, checkpoint: bool):
+    """Runs a Flux block so autograd survives its in-place adds (`img += …`): with checkpointing,
+    recomputed per block (use_reentrant=False) on cloned inputs; without, with every tensor
+    autograd saves cloned. The block module is bound here: ComfyUI's `original_block` closure
+    refers to a loop variable that has moved on by the time a checkpoint recomputes."""
+
+    def patch(args, extra):
+        keys = [k for k, v in args.items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+        out_keys = ("img", "txt") if "txt" in args else ("img",)
+
+        def run(*values):
+            out = _flux_block(block, {**args, **{k: v.clone() for k, v in zip(keys, values)}})
+            return tuple(out[k] for k in out_keys)
+
+        values = [args[k] for k in keys]
+        if checkpoint and torch.is_grad_enabled():
+            outs = torch.utils.checkpoint.checkpoint(run, *values, use_reentrant=False)
+        else:
+            with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t):
+                outs = run(*values)
+        return dict(zip(out_keys, outs))
+
+    return patch
+
+
+class TrainingModel:
+    """The input MODEL prepared for training on a clone: adapters attached through a patcher
+    injection, frozen weights wrapped, raw-output sampling, Flux block patches. Nothing touches
+    the input MODEL's patcher, and `close()` (or leaving the `with` block) undoes it all."""
+
+    def __init__(self, model, network, checkpointing: bool, guidance: float | None):
+        from comfy.patcher_extension import PatcherInjection
+
+        self.base = base_family(model)
+        self.family = prediction_family(model)
+        self.patcher = model.clone()
+        self.network = network
+        self.guidance = guidance if self.base == "flux" and self._has_guidance() else None
+        self.patcher.set_injections("loralab_adapters", [PatcherInjection(
+            inject=lambda patcher: network.attach(), eject=lambda patcher: network.detach())])
+        self.patcher.add_object_patch("model_sampling", _raw_output_sampling(model.get_model_object("model_sampling")))
+        _freeze_base_weights(self.patcher)
+        if self.base == "flux":
+            unet = self.patcher.model.diffusion_model
+            for kind, blocks in (("double_block", unet.double_blocks), ("single_block", unet.single_blocks)):
+                for i, block in enumerate(blocks):
+                    self.patcher.set_model_patch_replace(_flux_block_patch(block, checkpointing), "dit", kind, i)
+        elif checkpointing:
+            log.info("LoRA Lab: gradient checkpointing is implemented for Flux only; UNet models train without it")
+        sampling = model.get_model_object("model_sampling")
+        self.sigma_table = None if self.base == "flux" else sampling.sigmas.detach().float().clone()
+        self.device = self.patcher.load_device
+
+    def _has_guidance(self) -> bool:
+        return bool(getattr(self.patcher.model.diffusion_model.params, "guidance_embed", False))
+
+    def __enter__(self):
+        import comfy.model_management as mm
+
+        mm.load_models_gpu([self.patcher], force_full_load=True)
+        self.network.to(self.device)
+        self.network.attach()  # also attached on (re)injection; attach() is idempotent
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        import comfy.model_management as mm
+
+        self.network.detach()
+        for loaded in list(mm.current_loaded_models):
+            if loaded.model is self.patcher:
+                loaded.model_unload()
+                mm.current_loaded_models.remove(loaded)
+        self.patcher.detach(unpatch_all=True)
+
+    def predict(self, noisy, sigma, conds: list):
+        """Raw model output for a batch; `conds` holds one CONDITIONING entry per sample."""
+        kwargs = self._model_kwargs(conds, noisy)
+        return self.patcher.model.apply_model(noisy, sigma, transformer_options=self.patcher.model_options["transformer_options"],
+                                              **kwargs)
+
+    def _model_kwargs(self, conds: list, noisy) -> dict:
+        per_sample = []
+        for i, (cross_attn, extra) in enumerate(conds):
+            params = {**extra, "cross_attn": cross_attn, "device": self.device, "noise": noisy[i:i + 1],
+                      "width": noisy.shape[-1] * 8, "height": noisy.shape[-2] * 8, "prompt_type": "positive"}
+            if self.guidance is not None:
+                params["guidance"] = self.guidance
+            per_sample.append(self.patcher.model.extra_conds(**params))
+        out = {}
+        for key, first in per_sample[0].items():
+            value = first.concat([s[key] for s in per_sample[1:]]) if len(per_sample) > 1 else first.cond
+            out[key] = value.to(self.device) if isinstance(value, torch.Tensor) else value
+        return out
+
+
+def encode_images(vae, model, pixels: torch.Tensor) -> torch.Tensor:
+    """IMAGE (B,H,W,3) in [0,1] -> latents in the model's space (VAE output, then the model's
+    process_latent_in: Flux (x−0.1159)·0.3611, SD1.5 ×0.18215, SDXL ×0.13025)."""
+    with torch.no_grad():  # frozen encoders: no graph (their weights may be inference tensors)
+        return model.model.process_latent_in(vae.encode(pixels[..., :3]))
+
+
+def encode_caption(clip, text: str):
+    """The CONDITIONING entry ([cond, {pooled_output, ...}]) of one caption."""
+    with torch.no_grad():
+        return clip.encode_from_tokens_scheduled(clip.tokenize(text))[0]
+
+
+def clip_skip(clip) -> int | None:
+    """kohya's clip skip (1 = last layer) from an upstream CLIPSetLastLayer, or None."""
+    layer = getattr(clip, "layer_idx", None)
+    return -layer if layer is not None and layer < 0 else None
+
+
+# --- Host services: folders, progress, cancel -------------------------------------------------
+
+def loras_folder():
+    from pathlib import Path
+
+    import folder_paths
+
+    return Path(folder_paths.get_folder_paths("loras")[0])
+
+
+def find_lora(name: str):
+    """Full path of a file listed in ComfyUI's loras folders, or a clear error."""
+    from pathlib import Path
+
+    import folder_paths
+
+    path = folder_paths.get_full_path("loras", name)
+    if path is None:
+        raise FileNotFoundError(f"LoRA {name!r} is not in ComfyUI's loras folders")
+    return Path(path)
+
+
+def lora_file_names() -> list[str]:
+    import folder_paths
+
+    return folder_paths.get_filename_list("loras")
+
+
+def interrupted() -> bool:
+    import comfy.model_management as mm
+
+    return mm.processing_interrupted()
+
+
+def interrupt_exception():
+    import comfy.model_management as mm
+
+    return mm.InterruptProcessingException()
+
+
+class Progress:
+    """ComfyUI's progress bar (with an optional preview image) and progress text on a node."""
+
+    def __init__(self, total: int, node_id: str | None):
+        import comfy.utils
+
+        self.bar = comfy.utils.ProgressBar(total, node_id=node_id)
+        self.node_id = node_id
+
+    def update(self, step: int, preview=None) -> None:
+        self.bar.update_absolute(step, preview=("JPEG", preview, 512) if preview is not None else None)
+
+    def text(self, text: str) -> None:
+        from server import PromptServer
+
+        if self.node_id is not None and PromptServer.instance is not None:
+            PromptServer.instance.send_progress_text(text, self.node_id)
+
+
+def apply_lora(model, tensors: dict, strength: float = 1.0):
+    """The MODEL with a LoRA applied exactly as the stock LoraLoader applies a file."""
+    import comfy.sd
+
+    patched, _ = comfy.sd.load_lora_for_models(model, None, tensors, strength, 0)
+    return patched

@@ -1,0 +1,73 @@
+"""LoRALab Train: trains a LoRA/LyCORIS adapter on the MODEL, CLIP and VAE already loaded."""
+
+from comfy_api.latest import io
+
+from ..training.settings import NetworkSettings, ObjectiveSettings, OptimizerSettings, SaveSettings
+from . import host, train_run, types
+
+
+class Train(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LoRALabTrain",
+            display_name="LoRA Lab Train",
+            category="LoRA Lab/training",
+            description="Trains a LoRA (or LyCORIS) adapter on the loaded model with the dataset's masks as loss "
+                        "weights, saves it to the loras folder and returns the model with it applied.",
+            is_output_node=True,
+            inputs=[
+                io.Model.Input("model", tooltip="The base model to train on (Flux, SDXL or SD1.5). It is not "
+                                                "modified: training runs on a clone."),
+                io.Clip.Input("clip", optional=True, tooltip="Text encoder(s) for the captions (needed when the "
+                                                             "dataset has captions). Clip skip from an upstream "
+                                                             "CLIPSetLastLayer is used and recorded in the file."),
+                io.Vae.Input("vae", tooltip="The VAE that encodes the dataset images to latents (once)."),
+                types.Dataset.Input("dataset", tooltip="A LoRA Lab dataset (e.g. from Dataset From Images)."),
+                io.Int.Input("steps", default=400, min=1, max=1_000_000,
+                             tooltip="Optimizer steps to train (one step = batch size x gradient accumulation images)."),
+                io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=10.0, step=1e-5,
+                               tooltip="Learning rate of the adapter (Prodigy expects 1.0)."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
+                             tooltip="Seed of adapter initialisation, data order, noise and timesteps: the same "
+                                     "seed and inputs give the same run."),
+                io.String.Input("output_name", default="my_lora",
+                                tooltip="File name of the LoRA in the loras folder (no folders, no '..'). Periodic "
+                                        "saves add -stepNNNNNN."),
+                types.NetworkConfig.Input("network", optional=True,
+                                          tooltip="Adapter settings (LoRA Lab Network). Default: LoRA rank 16, "
+                                                  "alpha 16, attention+MLP layers."),
+                types.OptimizerConfig.Input("optimizer", optional=True,
+                                            tooltip="Optimizer and schedule (LoRA Lab Optimizer). Default: AdamW, "
+                                                    "constant, batch 1, max grad norm 1."),
+                types.ObjectiveConfig.Input("objective", optional=True,
+                                            tooltip="Loss and timestep settings (LoRA Lab Objective). Default: "
+                                                    "masked MSE normalised per sample, sigmoid timesteps on Flux."),
+                types.SaveConfig.Input("save", optional=True,
+                                       tooltip="Save cadence and format (LoRA Lab Save). Default: only the final "
+                                               "file, bf16, in loras/loralab."),
+            ],
+            outputs=[
+                io.Model.Output(display_name="model", tooltip="The model with the trained LoRA applied (as LoraLoader "
+                                                              "would apply the saved file)."),
+                io.String.Output(display_name="lora_path", tooltip="Path of the saved LoRA file."),
+                types.LossHistory.Output(display_name="loss_history",
+                                         tooltip="Per-step loss, learning rate and timestep of the run."),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, model, vae, dataset, steps, learning_rate, seed, output_name, clip=None, network=None,
+                optimizer=None, objective=None, save=None) -> io.NodeOutput:
+        import torch
+
+        request = train_run.RunRequest(
+            model=model, clip=clip, vae=vae, dataset=dataset, steps=steps, learning_rate=learning_rate, seed=seed,
+            output_name=output_name, network=network or NetworkSettings(), optimizer=optimizer or OptimizerSettings(),
+            objective=objective or ObjectiveSettings(), save=save or SaveSettings(), node_id=cls.hidden.unique_id)
+        with torch.inference_mode(False):  # the executor runs nodes in inference mode; training needs autograd
+            result = train_run.run(request)
+        trained = host.apply_lora(model, result.tensors)
+        summary = f"saved {result.lora_path.name}; final loss {result.history[-1]['loss']:.4f}"
+        return io.NodeOutput(trained, str(result.lora_path), result.history, ui={"text": [summary]})

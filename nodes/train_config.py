@@ -1,0 +1,156 @@
+"""Small config nodes for the train node. Each outputs a frozen settings value; unconnected, the
+train node uses the same defaults as these widgets."""
+
+from comfy_api.latest import io
+
+from ..training.network import ALGORITHMS, NetworkConfig
+from ..training.objective import FLOW_SAMPLERS, FlowTimesteps, SnrWeighting
+from ..training.optimizers import OPTIMIZERS, parse_optimizer_args
+from ..training.schedulers import SCHEDULERS
+from ..training.settings import (TARGET_PRESETS, NetworkSettings, ObjectiveSettings, OptimizerSettings,
+                                 SaveSettings)
+from ..training.lora_file import SAVE_DTYPES, check_subfolder
+from . import host, types
+
+NO_FILE = "none"
+
+
+class Network(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LoRALabNetwork", display_name="LoRA Lab Network", category="LoRA Lab/training",
+            description="Adapter algorithm, size and target layers for LoRA Lab Train.",
+            inputs=[
+                io.Combo.Input("algorithm", options=list(ALGORITHMS), default="LoRA",
+                               tooltip="LoRA (linear layers), LoCon (+ convolutions), LoHa, LoKr. All load in "
+                                       "ComfyUI's stock LoraLoader."),
+                io.Int.Input("rank", default=16, min=1, max=1024, tooltip="Network dim: adapter rank for linear layers."),
+                io.Float.Input("alpha", default=16.0, min=0.01, max=1024.0, step=0.5,
+                               tooltip="Network alpha; the update is scaled by alpha/rank (kohya guides: 1/4 to 1/2 of rank)."),
+                io.Int.Input("conv_rank", default=0, min=0, max=1024,
+                             tooltip="Rank for convolutions larger than 1x1 (0 = leave them alone). Not for LoRA."),
+                io.Float.Input("conv_alpha", default=1.0, min=0.01, max=1024.0, step=0.5, tooltip="Alpha for convolutions."),
+                io.Float.Input("dropout", default=0.0, min=0.0, max=0.9, step=0.01,
+                               tooltip="Dropout on the adapter's output during training."),
+                io.Combo.Input("target_preset", options=list(TARGET_PRESETS), default="attention+mlp",
+                               tooltip="Which layers get adapters: attention only, attention and MLP (default), or "
+                                       "all linear/conv layers of the transformer/UNet blocks."),
+                io.Combo.Input("continue_from", options=[NO_FILE, *host.lora_file_names()], default=NO_FILE,
+                               tooltip="Start from an existing LoRA file with the same settings (e.g. stage 2 of a "
+                                       "two-stage run)."),
+            ],
+            outputs=[types.NetworkConfig.Output(display_name="network", tooltip="Network settings for LoRA Lab Train.")],
+        )
+
+    @classmethod
+    def execute(cls, algorithm, rank, alpha, conv_rank, conv_alpha, dropout, target_preset, continue_from) -> io.NodeOutput:
+        config = NetworkConfig(algorithm, rank, alpha, conv_rank, conv_alpha, dropout)
+        return io.NodeOutput(NetworkSettings(config, target_preset, None if continue_from == NO_FILE else continue_from))
+
+
+class Optimizer(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LoRALabOptimizer", display_name="LoRA Lab Optimizer", category="LoRA Lab/training",
+            description="Optimizer, learning-rate schedule and batch settings for LoRA Lab Train.",
+            inputs=[
+                io.Combo.Input("optimizer", options=list(OPTIMIZERS), default="AdamW",
+                               tooltip="AdamW, AdamW8bit/Lion8bit (bitsandbytes), Lion, Prodigy (set lr 1.0), Adafactor."),
+                io.String.Input("optimizer_args", default="",
+                                tooltip="Extra arguments in kohya syntax, e.g. 'decouple=True weight_decay=0.1 "
+                                        "betas=0.9,0.99 d_coef=2'."),
+                io.Combo.Input("scheduler", options=list(SCHEDULERS), default="constant",
+                               tooltip="Learning-rate schedule over the run."),
+                io.Int.Input("warmup_steps", default=0, min=0, max=1_000_000, tooltip="Linear warm-up steps."),
+                io.Int.Input("num_cycles", default=1, min=1, max=1000, tooltip="Restarts for cosine_with_restarts."),
+                io.Int.Input("batch_size", default=1, min=1, max=256,
+                             tooltip="Images per micro-batch (only same-size images share one)."),
+                io.Int.Input("gradient_accumulation", default=1, min=1, max=1024,
+                             tooltip="Micro-batches per optimizer step (effective batch = batch x this)."),
+                io.Float.Input("max_grad_norm", default=1.0, min=0.0, max=100.0, step=0.1,
+                               tooltip="Clip the gradient norm (0 = off)."),
+                io.Float.Input("scale_weight_norms", default=0.0, min=0.0, max=100.0, step=0.1,
+                               tooltip="kohya's max-norm regularisation of the adapter (0 = off)."),
+                io.Boolean.Input("gradient_checkpointing", default=True,
+                                 tooltip="Recompute activations in backward to save memory (Flux)."),
+            ],
+            outputs=[types.OptimizerConfig.Output(display_name="optimizer", tooltip="Optimizer settings for LoRA Lab Train.")],
+        )
+
+    @classmethod
+    def execute(cls, optimizer, optimizer_args, scheduler, warmup_steps, num_cycles, batch_size,
+                gradient_accumulation, max_grad_norm, scale_weight_norms, gradient_checkpointing) -> io.NodeOutput:
+        try:
+            parse_optimizer_args(optimizer_args)
+        except ValueError as error:
+            raise ValueError(f"optimizer_args: {error}") from None
+        return io.NodeOutput(OptimizerSettings(optimizer, optimizer_args, scheduler, warmup_steps, num_cycles,
+                                               batch_size, gradient_accumulation, max_grad_norm, scale_weight_norms,
+                                               gradient_checkpointing))
+
+
+class Objective(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LoRALabObjective", display_name="LoRA Lab Objective", category="LoRA Lab/training",
+            description="Loss, masking and timestep settings for LoRA Lab Train.",
+            inputs=[
+                io.Combo.Input("loss", options=["mse", "huber"], default="mse", tooltip="Error per latent cell."),
+                io.Float.Input("huber_delta", default=1.0, min=0.001, max=100.0, step=0.01, tooltip="Huber's delta."),
+                io.Combo.Input("mask_reduction", options=["normalized", "kohya"], default="normalized",
+                               tooltip="normalized: sum(w*e)/sum(w) per image (a small subject still learns at full "
+                                       "strength); kohya: mean(w*e) over the whole frame."),
+                io.Float.Input("unmasked_weight", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Loss weight kept by masked-out pixels (0 = ignored, 1 = mask has no effect)."),
+                io.Float.Input("min_snr_gamma", default=0.0, min=0.0, max=100.0, step=0.5,
+                               tooltip="Min-SNR weighting gamma, eps/v models only (0 = off; kohya guides use 5)."),
+                io.Boolean.Input("debiased_estimation", default=False, tooltip="Debiased estimation loss, eps/v models only."),
+                io.Float.Input("noise_offset", default=0.0, min=0.0, max=1.0, step=0.01, tooltip="Noise offset, eps/v models only."),
+                io.Combo.Input("timestep_sampling", options=list(FLOW_SAMPLERS), default="sigmoid",
+                               tooltip="Flux: how training timesteps are drawn (sigmoid, shift, uniform, flux_shift)."),
+                io.Float.Input("sigmoid_scale", default=1.0, min=0.01, max=10.0, step=0.1, tooltip="Flux: sigmoid scale."),
+                io.Float.Input("shift", default=3.1582, min=0.01, max=100.0, step=0.01, tooltip="Flux: shift for 'shift' sampling."),
+                io.Float.Input("training_guidance", default=1.0, min=0.0, max=100.0, step=0.1,
+                               tooltip="Flux-dev guidance during training (1.0 as kohya recommends); models without "
+                                       "a guidance embedding ignore it."),
+            ],
+            outputs=[types.ObjectiveConfig.Output(display_name="objective", tooltip="Objective settings for LoRA Lab Train.")],
+        )
+
+    @classmethod
+    def execute(cls, loss, huber_delta, mask_reduction, unmasked_weight, min_snr_gamma, debiased_estimation,
+                noise_offset, timestep_sampling, sigmoid_scale, shift, training_guidance) -> io.NodeOutput:
+        snr = SnrWeighting(min_snr_gamma or None, debiased_estimation)
+        flow = FlowTimesteps(timestep_sampling, sigmoid_scale, shift)
+        return io.NodeOutput(ObjectiveSettings(loss, huber_delta, mask_reduction, unmasked_weight, snr, noise_offset,
+                                               flow, training_guidance))
+
+
+class Save(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LoRALabSave", display_name="LoRA Lab Save", category="LoRA Lab/training",
+            description="When and how LoRA Lab Train saves the adapter.",
+            inputs=[
+                io.Int.Input("every_n_steps", default=0, min=0, max=1_000_000, tooltip="Save every N steps (0 = off)."),
+                io.Int.Input("every_n_epochs", default=0, min=0, max=100_000,
+                             tooltip="Save every N epochs (0 = off). A single image is one step per epoch."),
+                io.Int.Input("keep_last", default=0, min=0, max=10_000, tooltip="Keep only the last K periodic saves (0 = all)."),
+                io.Combo.Input("precision", options=list(SAVE_DTYPES), default="bf16", tooltip="Tensor dtype in the file."),
+                io.String.Input("subfolder", default="loralab", tooltip="Subfolder of ComfyUI's loras folder."),
+                io.Boolean.Input("overwrite", default=False, tooltip="Replace files of the same name."),
+            ],
+            outputs=[types.SaveConfig.Output(display_name="save", tooltip="Save settings for LoRA Lab Train.")],
+        )
+
+    @classmethod
+    def execute(cls, every_n_steps, every_n_epochs, keep_last, precision, subfolder, overwrite) -> io.NodeOutput:
+        try:
+            check_subfolder(subfolder)
+        except ValueError as error:
+            raise ValueError(f"subfolder: {error}") from None
+        return io.NodeOutput(SaveSettings(every_n_steps, every_n_epochs, keep_last, precision, subfolder, overwrite))

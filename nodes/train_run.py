@@ -1,0 +1,205 @@
+"""One training run of the LoRALab Train node: encode the dataset once, train the adapter on a
+patcher-scoped clone of the MODEL, save on the chosen cadence, report progress, honour Cancel."""
+
+from __future__ import annotations
+
+import html
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..training import lora_file
+from ..training.dataset import Dataset
+from ..training.loop import LoopConfig, NonFiniteLoss, Sample, StepRecord, Trainer
+from ..training.loss_chart import render as render_loss_chart
+from ..training.loss_chart import smoothed
+from ..training.masked_loss import pool_to_latent
+from ..training.network import LYCORIS_ALGO, NETWORK_MODULE, AdapterNetwork
+from ..training.optimizers import build_optimizer
+from ..training.schedulers import build_scheduler
+from ..training.settings import NetworkSettings, ObjectiveSettings, OptimizerSettings, SaveSettings
+from . import host
+
+PREVIEW_EVERY = 10  # steps between loss-chart previews (rendering is cheap, but not free)
+
+
+@dataclass
+class RunResult:
+    lora_path: Path
+    tensors: dict
+    history: list[dict]
+    saved: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    model: object
+    clip: object
+    vae: object
+    dataset: Dataset
+    steps: int
+    learning_rate: float
+    seed: int
+    output_name: str
+    network: NetworkSettings
+    optimizer: OptimizerSettings
+    objective: ObjectiveSettings
+    save: SaveSettings
+    node_id: str | None = None
+
+
+def _crop_to_multiple(image: torch.Tensor, multiple: int = 16) -> torch.Tensor:
+    """Centre crop so the latent is whole and even (8x VAE, Flux's 2x2 patches)."""
+    h, w = image.shape[:2]
+    nh, nw = h - h % multiple, w - w % multiple
+    if nh == 0 or nw == 0:
+        raise ValueError(f"an image of {w}x{h} pixels is too small to train on (at least {multiple}x{multiple})")
+    top, left = (h - nh) // 2, (w - nw) // 2
+    return image[top:top + nh, left:left + nw]
+
+
+def encode_samples(req: RunRequest) -> list[Sample]:
+    """Latents through the given VAE (then the model's latent scaling), captions through the CLIP
+    once per distinct caption, masks pooled to the latent grid."""
+    if req.clip is None and any(s.caption for s in req.dataset.samples):
+        raise ValueError("clip: the dataset has captions but no CLIP is connected")
+    cache: dict[str, object] = {}
+    samples = []
+    for item in req.dataset.samples:
+        image = _crop_to_multiple(item.image)
+        latent = host.encode_images(req.vae, req.model, image.unsqueeze(0))[0].float().cpu()
+        weight = None
+        if item.mask is not None:
+            mask = _crop_to_multiple(item.mask.unsqueeze(-1))[..., 0]
+            weight = pool_to_latent(mask[None, None], tuple(latent.shape[-2:]))[0]
+        if item.caption not in cache:
+            cache[item.caption] = host.encode_caption(req.clip, item.caption)
+        samples.append(Sample(latent=latent, weight=weight, cond=cache[item.caption], repeats=item.repeats))
+    return samples
+
+
+def _network_args(req: RunRequest) -> dict:
+    cfg = req.network.network
+    args = {"preset": req.network.preset}
+    if cfg.algorithm in LYCORIS_ALGO:
+        args.update(algo=LYCORIS_ALGO[cfg.algorithm], conv_dim=str(cfg.conv_rank), conv_alpha=str(cfg.conv_alpha))
+    if cfg.dropout:
+        args["dropout"] = str(cfg.dropout)
+    return args
+
+
+def _progress_text(record: StepRecord, total: int, losses: list[float], started: float, start_step: int) -> str:
+    done = record.step - start_step
+    rate = done / max(time.monotonic() - started, 1e-9)
+    eta = (total - record.step) / rate if rate > 0 else 0.0
+    text = (f"step {record.step}/{total} · epoch {record.epoch + 1} · loss {smoothed(losses)[-1]:.4f} · "
+            f"lr {record.lr:.2e} · {rate:.2f} it/s · ETA {int(eta // 60)}:{int(eta % 60):02d}")
+    return html.escape(text)
+
+
+class _Saver:
+    """Writes the adapter (final, periodic, interrupted) under the loras folder, atomically."""
+
+    def __init__(self, req: RunRequest, base: str, network: AdapterNetwork):
+        self.req, self.base, self.network = req, base, network
+        self.name = lora_file.check_output_name(req.output_name)
+        self.folder = host.loras_folder() / lora_file.check_subfolder(req.save.subfolder)
+        self.final = self.folder / f"{self.name}.safetensors"
+        self.periodic: list[Path] = []
+        if self.final.exists() and not req.save.overwrite:
+            raise FileExistsError(f"output_name: {self.final.name} already exists in the loras folder "
+                                  f"{self.folder}; choose another name or allow overwriting in the save settings")
+
+    def metadata(self, step: int, epoch: int, resolution: str) -> dict:
+        req, cfg = self.req, self.req.network.network
+        return lora_file.build_metadata(lora_file.TrainingFacts(
+            base=self.base, output_name=self.name, network_module=NETWORK_MODULE[cfg.algorithm], rank=cfg.rank,
+            alpha=cfg.alpha, network_args=_network_args(req), steps=step, epoch=epoch,
+            learning_rate=req.learning_rate, optimizer=req.optimizer.optimizer, resolution=resolution,
+            seed=req.seed, clip_skip=host.clip_skip(req.clip) if req.clip is not None else None))
+
+    def write(self, path: Path, step: int, epoch: int, resolution: str, overwrite: bool) -> dict:
+        dtype = lora_file.SAVE_DTYPES[self.req.save.precision]
+        tensors = self.network.file_state_dict(dtype)
+        lora_file.write_atomic(path, tensors, self.metadata(step, epoch, resolution), overwrite=overwrite)
+        return tensors
+
+    def periodic_save(self, step: int, epoch: int, resolution: str) -> Path:
+        path = self.folder / f"{self.name}-step{step:06d}.safetensors"
+        self.write(path, step, epoch, resolution, overwrite=self.req.save.overwrite)
+        self.periodic.append(path)
+        keep = self.req.save.keep_last
+        while keep and len(self.periodic) > keep:
+            self.periodic.pop(0).unlink(missing_ok=True)
+        return path
+
+
+def run(req: RunRequest) -> RunResult:
+    if req.steps < 1:
+        raise ValueError(f"steps must be at least 1, not {req.steps}")
+    if not req.learning_rate > 0:
+        raise ValueError(f"learning_rate must be > 0, not {req.learning_rate}")
+    base = host.base_family(req.model)
+    family = host.prediction_family(req.model)
+    obj, opt = req.objective, req.optimizer
+    loop_config = LoopConfig(
+        steps=req.steps, batch_size=opt.batch_size, grad_accum=opt.grad_accum, seed=req.seed,
+        max_grad_norm=opt.max_grad_norm, scale_weight_norms=opt.scale_weight_norms, loss=obj.loss,
+        reduction=obj.reduction, huber_delta=obj.huber_delta, unmasked_weight=obj.unmasked_weight, snr=obj.snr,
+        flow_timesteps=obj.flow_timesteps, noise_offset=obj.noise_offset)
+    loop_config.validate(family)  # before any encoding: a wrong option fails fast
+    network = AdapterNetwork(host.target_modules(req.model, req.network.preset), req.network.network, seed=req.seed)
+    if req.network.continue_from:
+        network.load_file_state_dict(lora_file.read_lora(host.find_lora(req.network.continue_from)),
+                                     req.network.continue_from)
+    saver = _Saver(req, base, network)
+    samples = encode_samples(req)
+    resolution = ",".join(f"{s.latent.shape[-1] * 8}x{s.latent.shape[-2] * 8}" for s in samples[:1])
+    history: list[dict] = []
+    saved: list[str] = []
+    progress = host.Progress(req.steps, req.node_id)
+    cancel = {"requested": False}
+    with host.TrainingModel(req.model, network, opt.gradient_checkpointing, obj.training_guidance) as model:
+        optimizer = build_optimizer(opt.optimizer, [{"params": list(network.parameters()), "lr": req.learning_rate}],
+                                    req.learning_rate, opt.optimizer_args)
+        scheduler = build_scheduler(opt.scheduler, optimizer, req.steps, opt.warmup_steps, opt.num_cycles)
+        trainer = Trainer(model, list(network.parameters()), samples, loop_config, optimizer, scheduler, network)
+        started = time.monotonic()
+
+        def on_step(record: StepRecord) -> None:
+            history.append({"step": record.step, "epoch": record.epoch, "loss": record.loss, "lr": record.lr,
+                            "sigma": record.sigma})
+            epoch_done = record.step % trainer.steps_per_epoch == 0
+            if req.save.due(record.step, epoch_done, record.epoch) and record.step < req.steps:
+                saved.append(str(saver.periodic_save(record.step, record.epoch, resolution)))
+            losses = [h["loss"] for h in history]
+            progress.text(_progress_text(record, req.steps, losses, started, 0))
+            preview = None
+            if record.step % PREVIEW_EVERY == 0 or record.step == req.steps:
+                preview = render_loss_chart(losses, [int(Path(p).stem.rsplit("step", 1)[-1]) for p in saved])
+            try:
+                progress.update(record.step, preview)
+            except Exception as e:  # the server's interrupt hook raises inside the progress bar
+                if type(e).__name__ != "InterruptProcessingException":
+                    raise
+                cancel["requested"] = True
+
+        def should_stop() -> bool:
+            return cancel["requested"] or host.interrupted()
+
+        try:
+            outcome = trainer.run(0, on_step, should_stop)
+        except NonFiniteLoss as error:
+            last = saved[-1] if saved else "none was saved yet"
+            raise ValueError(f"{error}. Last good checkpoint: {last}. Lower the learning rate or check the data.") from None
+        if outcome.interrupted:
+            path = saver.folder / f"{saver.name}_interrupted_{outcome.step}.safetensors"
+            if outcome.step > 0:
+                saver.write(path, outcome.step, history[-1]["epoch"] if history else 0, resolution, overwrite=True)
+            raise host.interrupt_exception()
+        epoch = history[-1]["epoch"] if history else 0
+        tensors = saver.write(saver.final, outcome.step, epoch, resolution, overwrite=req.save.overwrite)
+    saved.append(str(saver.final))
+    return RunResult(lora_path=saver.final, tensors=tensors, history=history, saved=saved)

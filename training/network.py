@@ -1,0 +1,144 @@
+"""Adapter networks built with lycoris-lora and attached in bypass mode through forward hooks.
+
+The frozen layers are never modified: each hook adds its adapter's output to the layer's output,
+and removing the hooks restores the layers exactly. This keeps a shared base model (ComfyUI
+clones share one torch module) untouched, and avoids building a full-size ΔW every step.
+Only algorithms whose bypass form is a pure addition are offered here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import nn
+
+from .optional_deps import import_optional
+
+# name -> lycoris module class name; all of them are additive in bypass mode.
+ALGORITHMS = {"LoRA": "LoConModule", "LoCon": "LoConModule", "LoHa": "LohaModule", "LoKr": "LokrModule"}
+# ss_network_module / ss_network_args that kohya-compatible tools read from the metadata.
+NETWORK_MODULE = {"LoRA": "networks.lora", "LoCon": "lycoris.kohya", "LoHa": "lycoris.kohya", "LoKr": "lycoris.kohya"}
+LYCORIS_ALGO = {"LoCon": "locon", "LoHa": "loha", "LoKr": "lokr"}
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    algorithm: str = "LoRA"
+    rank: int = 16
+    alpha: float = 16.0
+    conv_rank: int = 0  # 0: convolutions with a kernel larger than 1x1 are not adapted
+    conv_alpha: float = 1.0
+    dropout: float = 0.0
+
+    def validate(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}, not {self.algorithm!r}")
+        if self.rank < 1:
+            raise ValueError(f"rank must be at least 1, not {self.rank}")
+        if self.algorithm == "LoRA" and self.conv_rank:
+            raise ValueError("LoRA adapts linear (and 1x1) layers only: set conv_rank to 0, or choose LoCon")
+        if self.conv_rank < 0 or self.alpha <= 0 or self.conv_alpha <= 0:
+            raise ValueError("conv_rank must be >= 0 and alpha, conv_alpha > 0")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), not {self.dropout}")
+
+
+def is_spatial_conv(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) and tuple(module.kernel_size) != (1, 1)
+
+
+def _rank_for(module: nn.Module, config: NetworkConfig) -> tuple[int, float]:
+    return (config.conv_rank, config.conv_alpha) if is_spatial_conv(module) else (config.rank, config.alpha)
+
+
+def _largest_rank(module: nn.Module) -> int:
+    if isinstance(module, nn.Linear):
+        return min(module.in_features, module.out_features)
+    return min(module.out_channels, module.in_channels * module.kernel_size[0] * module.kernel_size[1])
+
+
+def _add_adapter_output(adapter, module, args, output):
+    return output + adapter.bypass_forward_diff(args[0], scale=adapter.multiplier).to(output.dtype)
+
+
+class AdapterNetwork(nn.Module):
+    """One lycoris module per target layer, keyed by its file name prefix (e.g. `lora_unet_…`)."""
+
+    def __init__(self, targets: dict[str, nn.Module], config: NetworkConfig, seed: int = 0):
+        super().__init__()
+        config.validate()
+        modules = import_optional("lycoris.modules", f"{config.algorithm} adapters", "pip install lycoris-lora")
+        module_class = getattr(modules, ALGORITHMS[config.algorithm])
+        self.config = config
+        self._targets: dict[str, nn.Module] = {}
+        self._handles: list = []
+        adapters = {}
+        with torch.random.fork_rng(devices=[]):  # lycoris initialises with the global RNG
+            torch.manual_seed(seed)
+            for name, module in targets.items():
+                rank, alpha = _rank_for(module, config)
+                if rank == 0:
+                    continue
+                if config.algorithm in ("LoRA", "LoCon") and rank > _largest_rank(module):
+                    raise ValueError(f"rank {rank} is larger than layer {name} allows ({_largest_rank(module)})")
+                adapters[name] = module_class(name, module, multiplier=1.0, lora_dim=rank, alpha=alpha,
+                                              dropout=config.dropout, bypass_mode=True)
+                self._targets[name] = module
+        if not adapters:
+            raise ValueError("the network has no layer to adapt: check the target preset and ranks")
+        self.adapters = nn.ModuleDict(adapters)
+
+    # --- attaching -----------------------------------------------------------------------------
+    def attach(self) -> None:
+        if self._handles:
+            return
+        for name, adapter in self.adapters.items():
+            self._handles.append(self._targets[name].register_forward_hook(partial(_add_adapter_output, adapter)))
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    # --- files ---------------------------------------------------------------------------------
+    def file_state_dict(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+        """Tensors under the names LoRA files use (`<prefix>.lora_up.weight`, `.alpha`, ...)."""
+        out = {}
+        for name, adapter in self.adapters.items():
+            for key, value in adapter.state_dict().items():
+                value = value.detach()
+                out[f"{name}.{key}"] = (value if key == "alpha" else value.to(dtype)).contiguous().cpu()
+        return out
+
+    def load_file_state_dict(self, tensors: dict[str, torch.Tensor], source: str) -> None:
+        """Continues from a saved adapter: every layer of this network must be in the file."""
+        missing = []
+        for name, adapter in self.adapters.items():
+            own = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
+            if not own:
+                missing.append(name)
+                continue
+            expected = adapter.state_dict()
+            wrong = [k for k in expected if k in own and own[k].shape != expected[k].shape]
+            if wrong or set(own) - set(expected) - {"alpha"}:
+                raise ValueError(f"{source}: layer {name} was saved with another algorithm or rank "
+                                 f"(keys {sorted(own)}, expected {sorted(expected)})")
+            with torch.no_grad():
+                adapter.load_state_dict({k: v.to(expected[k].dtype) for k, v in own.items()}, strict=False)
+        if missing:
+            raise ValueError(f"{source} has no weights for {len(missing)} of this network's layers "
+                             f"(e.g. {missing[0]}): it was trained with other targets or another model")
+
+    def apply_max_norm(self, max_norm: float) -> int:
+        """kohya's scale_weight_norms: rescales adapters whose ΔW norm exceeds max_norm."""
+        scaled = 0
+        for adapter in self.adapters.values():
+            was_scaled, _ = adapter.apply_max_norm(max_norm)
+            scaled += int(bool(was_scaled))
+        return scaled

@@ -1,0 +1,65 @@
+"""What the small config nodes hand to the train node: plain frozen values with the defaults a
+user gets when a config node is not connected."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .network import NetworkConfig
+from .objective import FlowTimesteps, SnrWeighting
+
+TARGET_PRESETS = ("attention", "attention+mlp", "all")
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    preset: str = "attention+mlp"
+    continue_from: str | None = None  # a file in ComfyUI's loras folders
+
+    def __post_init__(self):
+        self.network.validate()
+        if self.preset not in TARGET_PRESETS:
+            raise ValueError(f"target preset must be one of {', '.join(TARGET_PRESETS)}, not {self.preset!r}")
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    optimizer: str = "AdamW"
+    optimizer_args: str = ""
+    scheduler: str = "constant"
+    warmup_steps: int = 0
+    num_cycles: int = 1
+    batch_size: int = 1
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    scale_weight_norms: float = 0.0
+    gradient_checkpointing: bool = True
+
+
+@dataclass(frozen=True)
+class ObjectiveSettings:
+    loss: str = "mse"
+    huber_delta: float = 1.0
+    reduction: str = "normalized"
+    unmasked_weight: float = 0.0
+    snr: SnrWeighting = field(default_factory=SnrWeighting)
+    noise_offset: float = 0.0
+    flow_timesteps: FlowTimesteps = field(default_factory=FlowTimesteps)
+    training_guidance: float = 1.0  # Flux-dev; ignored by models without a guidance embedding
+
+
+@dataclass(frozen=True)
+class SaveSettings:
+    every_n_steps: int = 0  # 0: not by steps
+    every_n_epochs: int = 0  # 0: not by epochs
+    keep_last: int = 0  # 0: keep every periodic save
+    precision: str = "bf16"
+    subfolder: str = "loralab"
+    overwrite: bool = False
+
+    def due(self, step: int, epoch_done: bool, epoch: int) -> bool:
+        """A periodic save after `step`: on the step cadence, or when an epoch just ended."""
+        by_steps = self.every_n_steps > 0 and step % self.every_n_steps == 0
+        by_epochs = self.every_n_epochs > 0 and epoch_done and (epoch + 1) % self.every_n_epochs == 0
+        return by_steps or by_epochs
