@@ -323,8 +323,9 @@ class TrainingModel:
         self.patcher = model.clone()
         self.network = network
         self.guidance = guidance if self.base == "flux" and self._has_guidance() else None
-        self.patcher.set_injections("loralab_adapters", [PatcherInjection(
-            inject=lambda patcher: network.attach(), eject=lambda patcher: network.detach())])
+        if network is not None:  # None: the model as it is (evaluation, comparisons)
+            self.patcher.set_injections("loralab_adapters", [PatcherInjection(
+                inject=lambda patcher: network.attach(), eject=lambda patcher: network.detach())])
         self.patcher.add_object_patch("model_sampling", _raw_output_sampling(model.get_model_object("model_sampling")))
         _freeze_base_weights(self.patcher)
         if self.base == "flux":
@@ -345,8 +346,9 @@ class TrainingModel:
         import comfy.model_management as mm
 
         mm.load_models_gpu([self.patcher], force_full_load=True)
-        self.network.to(self.device)
-        self.network.attach()  # also attached on (re)injection; attach() is idempotent
+        if self.network is not None:
+            self.network.to(self.device)
+            self.network.attach()  # also attached on (re)injection; attach() is idempotent
         return self
 
     def __exit__(self, *exc):
@@ -355,7 +357,8 @@ class TrainingModel:
     def close(self) -> None:
         import comfy.model_management as mm
 
-        self.network.detach()
+        if self.network is not None:
+            self.network.detach()
         for loaded in list(mm.current_loaded_models):
             if loaded.model is self.patcher:
                 loaded.model_unload()

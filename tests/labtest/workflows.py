@@ -15,3 +15,38 @@ def demo_sampling_prompt(family: str, weight_dtype: str = "fp32", size: int = 64
         "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
         "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": prefix}},
     }
+
+
+def training_prompt(family: str, output_name: str, steps: int = 10, save: dict | None = None,
+                    network: dict | None = None, objective: dict | None = None, with_clip: bool = True,
+                    captions: str = "a photo", size: int = 64) -> dict:
+    """Demo Model + a solid image with a square mask -> Dataset From Images -> LoRA Lab Train."""
+    prompt = {
+        "1": {"class_type": "LoRALabDemoModel", "inputs": {"family": family, "weight_dtype": "fp32", "seed": 0}},
+        "2": {"class_type": "EmptyImage", "inputs": {"width": size, "height": size, "batch_size": 1, "color": 0x8040C0}},
+        "3": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": size, "height": size}},
+        "4": {"class_type": "LoRALabDatasetFromImages", "inputs": {
+            "images": ["2", 0], "mask": ["3", 0], "mask_meaning": "white = subject/train", "captions": captions,
+            "trigger": "sks", "repeats": 1}},
+        "5": {"class_type": "LoRALabTrain", "inputs": {
+            "model": ["1", 0], "vae": ["1", 2], "dataset": ["4", 0], "steps": steps,
+            "learning_rate": 1e-3, "seed": 0, "output_name": output_name}},
+    }
+    if with_clip:
+        prompt["5"]["inputs"]["clip"] = ["1", 1]
+    for node_id, class_type, values, socket in (("6", "LoRALabSave", save, "save"),
+                                                ("7", "LoRALabNetwork", network, "network"),
+                                                ("8", "LoRALabObjective", objective, "objective")):
+        if values is not None:
+            prompt[node_id] = {"class_type": class_type, "inputs": values}
+            prompt["5"]["inputs"][socket] = [node_id, 0]
+    return prompt
+
+
+SAVE_DEFAULTS = {"every_n_steps": 0, "every_n_epochs": 0, "keep_last": 0, "precision": "fp32",
+                 "subfolder": "loralab", "overwrite": False}
+NETWORK_DEFAULTS = {"algorithm": "LoRA", "rank": 4, "alpha": 4.0, "conv_rank": 0, "conv_alpha": 1.0,
+                    "dropout": 0.0, "target_preset": "attention+mlp", "continue_from": "none"}
+OBJECTIVE_DEFAULTS = {"loss": "mse", "huber_delta": 1.0, "mask_reduction": "normalized", "unmasked_weight": 0.0,
+                      "min_snr_gamma": 0.0, "debiased_estimation": False, "noise_offset": 0.0,
+                      "timestep_sampling": "sigmoid", "sigmoid_scale": 1.0, "shift": 3.1582, "training_guidance": 1.0}

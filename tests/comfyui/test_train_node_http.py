@@ -1,0 +1,120 @@
+"""The train node end to end through the real server's HTTP API: it trains and saves, the file
+loads in the stock LoraLoader, bad input gets a clear error, Cancel saves what it has."""
+
+import time
+import uuid
+
+import pytest
+from safetensors import safe_open
+
+from labtest.server import execution_error
+from labtest.workflows import NETWORK_DEFAULTS, OBJECTIVE_DEFAULTS, SAVE_DEFAULTS, training_prompt
+
+
+def unique(prefix):
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+def metadata(path):
+    with safe_open(str(path), "pt") as f:
+        return f.metadata()
+
+
+@pytest.mark.parametrize("family", ["Flux", "SD1.5", "SDXL"])
+def test_train_then_load_with_stock_lora_loader(server, family):
+    name = unique(f"e2e_{family.replace('.', '')}")
+    save = {**SAVE_DEFAULTS, "every_n_steps": 4, "keep_last": 1}
+    entry = server.run(training_prompt(family, name, steps=10, save=save, network=NETWORK_DEFAULTS))
+    assert execution_error(entry) is None, execution_error(entry)
+    folder = server.base / "models" / "loras" / "loralab"
+    final = folder / f"{name}.safetensors"
+    assert final.is_file()
+    assert sorted(p.name for p in folder.glob(f"{name}-step*.safetensors")) == [f"{name}-step000008.safetensors"]
+    meta = metadata(final)
+    base = {"Flux": "flux1", "SD1.5": "sd_v1", "SDXL": "sdxl_base_v1-0"}[family]
+    assert meta["ss_base_model_version"] == base and meta["ss_steps"] == "10" and meta["ss_network_dim"] == "4"
+    assert not list(folder.glob(".*.tmp"))
+
+    log_before = len(server.log_tail(100000).splitlines())
+    empty = "EmptySD3LatentImage" if family == "Flux" else "EmptyLatentImage"
+    sample = {
+        "1": {"class_type": "LoRALabDemoModel", "inputs": {"family": family, "weight_dtype": "fp32", "seed": 0}},
+        "2": {"class_type": "LoraLoader", "inputs": {"model": ["1", 0], "clip": ["1", 1],
+                                                      "lora_name": f"loralab/{name}.safetensors",
+                                                      "strength_model": 1.0, "strength_clip": 1.0}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 1], "text": "sks"}},
+        "4": {"class_type": empty, "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "5": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "positive": ["3", 0], "negative": ["3", 0],
+                                                    "latent_image": ["4", 0], "seed": 1, "steps": 2, "cfg": 1.0,
+                                                    "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "6": {"class_type": "PreviewImage", "inputs": {"images": ["7", 0]}},
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+    }
+    entry = server.run(sample)
+    assert execution_error(entry) is None, execution_error(entry)
+    new_log = "\n".join(server.log_tail(100000).splitlines()[log_before:])
+    assert "lora key not loaded" not in new_log, new_log[-2000:]
+
+
+def run_expecting_error(server, prompt):
+    entry = server.run(prompt)
+    error = execution_error(entry)
+    assert error is not None, "the prompt should have failed"
+    assert server.alive()
+    return error["exception_message"]
+
+
+def test_bad_output_name_is_refused(server):
+    message = run_expecting_error(server, training_prompt("SD1.5", "../escape", steps=2))
+    assert "output name" in message and "'..'" in message
+    assert not (server.base / "models" / "loras" / "escape.safetensors").exists()
+
+
+def test_existing_file_is_not_overwritten(server):
+    name = unique("exists")
+    first = server.run(training_prompt("SD1.5", name, steps=2))
+    assert execution_error(first) is None
+    path = server.base / "models" / "loras" / "loralab" / f"{name}.safetensors"
+    before = path.read_bytes()
+    message = run_expecting_error(server, training_prompt("SD1.5", name, steps=3))
+    assert "already exists" in message and "output_name" in message
+    assert path.read_bytes() == before
+
+
+def test_min_snr_on_flux_is_refused(server):
+    objective = {**OBJECTIVE_DEFAULTS, "min_snr_gamma": 5.0}
+    message = run_expecting_error(server, training_prompt("Flux", unique("snr"), steps=2, objective=objective))
+    assert "min-SNR" in message and "Flux" in message
+
+
+def test_rank_larger_than_a_layer_is_refused(server):
+    network = {**NETWORK_DEFAULTS, "rank": 1000, "alpha": 1000.0}
+    message = run_expecting_error(server, training_prompt("SD1.5", unique("rank"), steps=2, network=network))
+    assert "rank 1000 is larger than layer" in message
+
+
+def test_captions_without_clip_are_refused(server):
+    message = run_expecting_error(server, training_prompt("SD1.5", unique("noclip"), steps=2, with_clip=False))
+    assert "clip" in message and "captions" in message
+
+
+def test_cancel_saves_the_last_completed_step(server):
+    name = unique("cancel")
+    folder = server.base / "models" / "loras" / "loralab"
+    save = {**SAVE_DEFAULTS, "every_n_steps": 3}
+    prompt_id = server.queue(training_prompt("SD1.5", name, steps=100000, save=save))
+    deadline = time.monotonic() + 120
+    while not list(folder.glob(f"{name}-step*.safetensors")):
+        assert time.monotonic() < deadline, server.log_tail()
+        time.sleep(0.1)
+    server.post("/interrupt", {})
+    entry = server.wait(prompt_id, timeout=120)
+    assert entry["status"]["status_str"] == "error"
+    interrupted = list(folder.glob(f"{name}_interrupted_*.safetensors"))
+    assert len(interrupted) == 1
+    step = int(interrupted[0].stem.rsplit("_", 1)[-1])
+    last_periodic = max(int(p.stem.rsplit("step", 1)[-1]) for p in folder.glob(f"{name}-step*.safetensors"))
+    assert step >= last_periodic >= 3
+    assert metadata(interrupted[0])["ss_steps"] == str(step)
+    assert not (folder / f"{name}.safetensors").exists()
+    assert server.alive()

@@ -1,0 +1,185 @@
+"""Training inside a real ComfyUI (in-process, CPU, tiny models built as loader nodes build them):
+it learns, the input MODEL is untouched, the saved file is what the stock loader applies."""
+
+import logging
+
+import pytest
+import torch
+
+from labtest.training import build_in_executor_mode, eval_loss, pattern_image, square_mask
+
+FAMILIES = ["Flux", "SD1.5", "SDXL"]
+
+
+@pytest.fixture
+def loras_dir(comfy_nodes, tmp_path):
+    """ComfyUI's loras folder pointed at a temporary directory for the test."""
+    import folder_paths
+
+    saved = folder_paths.folder_names_and_paths["loras"]
+    folder_paths.folder_names_and_paths["loras"] = ([str(tmp_path)], saved[1])
+    yield tmp_path
+    folder_paths.folder_names_and_paths["loras"] = saved
+
+
+def make_request(demo, dataset, steps=30, lr=2e-3, name="test_lora", **overrides):
+    from comfyui_lora_lab.nodes.train_run import RunRequest
+    from comfyui_lora_lab.training.settings import (NetworkSettings, ObjectiveSettings, OptimizerSettings,
+                                                    SaveSettings)
+
+    fields = dict(model=demo.model, clip=demo.clip, vae=demo.vae, dataset=dataset, steps=steps, learning_rate=lr,
+                  seed=0, output_name=name, network=NetworkSettings(), optimizer=OptimizerSettings(),
+                  objective=ObjectiveSettings(), save=SaveSettings(precision="fp32"))
+    fields.update(overrides)
+    return RunRequest(**fields)
+
+
+def one_image_dataset(mask=None, caption="a photo of sks"):
+    from comfyui_lora_lab.training.dataset import Dataset, DatasetSample
+
+    return Dataset(samples=(DatasetSample(image=pattern_image(), caption=caption, concept="sks", mask=mask),), trigger="sks")
+
+
+def train(request):
+    from comfyui_lora_lab.nodes import train_run
+
+    with torch.inference_mode(False):
+        return train_run.run(request)
+
+
+@pytest.mark.parametrize("weight_dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_training_one_image_makes_the_lora_predict_it_better(host, loras_dir, family, weight_dtype):
+    from comfyui_lora_lab.nodes import train_run
+
+    demo = build_in_executor_mode(host, family, weight_dtype)
+    request = make_request(demo, one_image_dataset(mask=square_mask()), steps=40)
+    result = train(request)
+    assert result.lora_path.is_file() and result.lora_path.parent == loras_dir / "loralab"
+    losses = [h["loss"] for h in result.history]
+    assert len(losses) == 40 and all(torch.isfinite(torch.tensor(losses)))
+    with torch.inference_mode(False):
+        samples = train_run.encode_samples(request)
+    before = eval_loss(host, demo.model, samples)
+    after = eval_loss(host, host.apply_lora(demo.model, result.tensors), samples)
+    assert after < 0.9 * before, (before, after)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_input_model_output_is_bit_identical_after_training(host, comfy_nodes, loras_dir, family):
+    demo = build_in_executor_mode(host, family)
+
+    def sample():
+        (cond,) = comfy_nodes.CLIPTextEncode().encode(demo.clip, "a photo of sks")
+        channels = 16 if family == "Flux" else 4
+        (out,) = comfy_nodes.common_ksampler(demo.model, 5, 2, 1.0, "euler", "normal", cond, cond,
+                                             {"samples": torch.zeros(1, channels, 8, 8)})
+        return out["samples"]
+
+    before = sample()
+    train(make_request(demo, one_image_dataset(), steps=5))
+    assert torch.equal(before, sample())
+    assert not any(module._forward_hooks for module in demo.model.model.diffusion_model.modules())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_latents_use_the_family_latent_scaling(host, family):
+    demo = build_in_executor_mode(host, family)
+    pixels = pattern_image().unsqueeze(0)
+    with torch.no_grad():
+        raw = demo.vae.encode(pixels)
+    scaled = host.encode_images(demo.vae, demo.model, pixels)
+    shift, scale = {"Flux": (0.1159, 0.3611), "SD1.5": (0.0, 0.18215), "SDXL": (0.0, 0.13025)}[family]
+    assert torch.allclose(scaled, (raw - shift) * scale, atol=1e-6)
+
+
+ALGORITHMS = [("LoRA", 0), ("LoCon", 4), ("LoHa", 4), ("LoKr", 4)]
+
+
+@pytest.mark.parametrize("algorithm, conv_rank", ALGORITHMS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_saved_file_loads_in_the_stock_loader_as_trained(host, comfy_nodes, loras_dir, family, algorithm, conv_rank,
+                                                        caplog, tmp_path):
+    """Every adapter tensor randomised (non-zero up), saved in fp32, loaded the way LoraLoader
+    loads a file: no key left over, and the loaded model's output equals the trained one."""
+    import comfy.sd
+    import comfy.utils
+
+    from comfyui_lora_lab.nodes import train_run
+    from comfyui_lora_lab.training import lora_file
+    from comfyui_lora_lab.training.network import AdapterNetwork, NetworkConfig
+
+    demo = build_in_executor_mode(host, family)
+    config = NetworkConfig(algorithm, rank=4, alpha=2.0, conv_rank=conv_rank, conv_alpha=2.0)
+    preset = "all" if conv_rank else "attention+mlp"
+    network = AdapterNetwork(host.target_modules(demo.model, preset), config, seed=3)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in network.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    path = lora_file.write_atomic(tmp_path / "random.safetensors", network.file_state_dict(torch.float32), {})
+    with torch.inference_mode(False):
+        samples = train_run.encode_samples(make_request(demo, one_image_dataset()))
+    x0 = samples[0].latent.unsqueeze(0)
+    noise = torch.randn(x0.shape, generator=g)
+    sigma = torch.tensor([0.5]) if family == "Flux" else torch.tensor([2.0])
+
+    def output(model, net):
+        with torch.inference_mode(False), torch.no_grad(), host.TrainingModel(model, net, False, 1.0) as tm:
+            return tm.predict(tm.family.noisy(x0, noise, sigma), sigma, [samples[0].cond])
+
+    base = output(demo.model, None)
+    trained = output(demo.model, network)
+    caplog.set_level(logging.WARNING)
+    loaded_model, _ = comfy.sd.load_lora_for_models(demo.model, None, comfy.utils.load_torch_file(str(path), safe_load=True), 1.0, 0)
+    assert not [r for r in caplog.records if "lora key not loaded" in r.getMessage()]
+    loaded = output(loaded_model, None)
+    assert (trained - base).norm() / base.norm() > 1e-2
+    assert (loaded - trained).norm() / (trained - base).norm() < 1e-3
+
+
+@pytest.mark.parametrize("checkpointing", [True, False])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_adapter_gradients_match_finite_differences(host, loras_dir, family, checkpointing):
+    """float64: the autograd directional derivative over all adapter parameters equals a central
+    finite difference (the Flux in-place adds and checkpointing must not corrupt gradients)."""
+    from comfyui_lora_lab.nodes import train_run
+    from comfyui_lora_lab.training.masked_loss import per_sample_loss, pool_to_latent
+    from comfyui_lora_lab.training.network import AdapterNetwork, NetworkConfig
+
+    demo = build_in_executor_mode(host, family)
+    with torch.inference_mode(False):
+        samples = train_run.encode_samples(make_request(demo, one_image_dataset()))
+    with torch.inference_mode():  # still inference tensors, as a loader node leaves them
+        demo.model.model.diffusion_model.to(torch.float64)
+    demo.model.model.diffusion_model.dtype = torch.float64
+    network = AdapterNetwork(host.target_modules(demo.model, "attention+mlp"), NetworkConfig("LoRA", 2, 2.0), seed=1)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in network.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    network.double()
+    direction = [torch.randn(p.shape, generator=g, dtype=torch.float64) for p in network.parameters()]
+    x0 = samples[0].latent.unsqueeze(0).double()
+    noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    sigma = torch.tensor([0.4 if family == "Flux" else 1.5], dtype=torch.float64)
+    weight = pool_to_latent(square_mask()[None, None], tuple(x0.shape[-2:])).double()
+
+    with torch.inference_mode(False), host.TrainingModel(demo.model, network, checkpointing, 1.0) as tm:
+        def loss():
+            pred = tm.predict(tm.family.noisy(x0, noise, sigma), sigma, [samples[0].cond])
+            return per_sample_loss(pred.double(), tm.family.target(x0, noise, sigma), weight).sum()
+
+        value = loss()
+        value.backward()
+        analytic = sum((p.grad * d).sum() for p, d in zip(network.parameters(), direction)).item()
+        eps = 1e-3  # ComfyUI returns the model output in float32: the step must dwarf its rounding
+        with torch.no_grad():
+            for p, d in zip(network.parameters(), direction):
+                p.add_(eps * d)
+            plus = loss().item()
+            for p, d in zip(network.parameters(), direction):
+                p.sub_(2 * eps * d)
+            minus = loss().item()
+    numeric = (plus - minus) / (2 * eps)
+    assert abs(analytic - numeric) <= 1e-4 * abs(numeric), (analytic, numeric)
