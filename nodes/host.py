@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -408,8 +409,6 @@ def clip_skip(clip) -> int | None:
 # --- Host services: folders, progress, cancel -------------------------------------------------
 
 def loras_folder():
-    from pathlib import Path
-
     import folder_paths
 
     return Path(folder_paths.get_folder_paths("loras")[0])
@@ -417,8 +416,6 @@ def loras_folder():
 
 def find_lora(name: str):
     """Full path of a file listed in ComfyUI's loras folders, or a clear error."""
-    from pathlib import Path
-
     import folder_paths
 
     path = folder_paths.get_full_path("loras", name)
@@ -431,6 +428,30 @@ def lora_file_names() -> list[str]:
     import folder_paths
 
     return folder_paths.get_filename_list("loras")
+
+
+def state_file_names(suffix: str) -> list[str]:
+    """Training-state files (relative names) in ComfyUI's loras folders."""
+    import folder_paths
+
+    names = set()
+    for root in folder_paths.get_folder_paths("loras"):
+        base = Path(root)
+        if base.is_dir():
+            names.update(p.relative_to(base).as_posix() for p in base.rglob(f"*{suffix}"))
+    return sorted(names)
+
+
+def find_state_file(name: str) -> Path:
+    """A training-state file by its relative name; never a path outside the loras folders."""
+    import folder_paths
+
+    for root in folder_paths.get_folder_paths("loras"):
+        base = Path(root).resolve()
+        candidate = (base / name).resolve()
+        if candidate.is_relative_to(base) and candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"resume_from: {name!r} is not a training state in ComfyUI's loras folders")
 
 
 def interrupted() -> bool:

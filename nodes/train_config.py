@@ -10,6 +10,7 @@ from ..training.schedulers import SCHEDULERS
 from ..training.settings import (TARGET_PRESETS, NetworkSettings, ObjectiveSettings, OptimizerSettings,
                                  SaveSettings)
 from ..training.lora_file import SAVE_DTYPES, check_subfolder
+from ..training.train_state import SUFFIX as STATE_SUFFIX
 from . import host, types
 
 NO_FILE = "none"
@@ -143,14 +144,22 @@ class Save(io.ComfyNode):
                 io.Combo.Input("precision", options=list(SAVE_DTYPES), default="bf16", tooltip="Tensor dtype in the file."),
                 io.String.Input("subfolder", default="loralab", tooltip="Subfolder of ComfyUI's loras folder."),
                 io.Boolean.Input("overwrite", default=False, tooltip="Replace files of the same name."),
+                io.Boolean.Input("save_training_state", default=True,
+                                 tooltip="Also write a .trainstate file (adapter, optimizer, scheduler, step) beside "
+                                         "each periodic and interrupted save, so the run can be resumed exactly."),
+                io.Combo.Input("resume_from", options=[NO_FILE, *host.state_file_names(STATE_SUFFIX)], default=NO_FILE,
+                               tooltip="Continue an earlier run from its .trainstate file (same dataset and "
+                                       "settings): the result equals an uninterrupted run."),
             ],
             outputs=[types.SaveConfig.Output(display_name="save", tooltip="Save settings for LoRA Lab Train.")],
         )
 
     @classmethod
-    def execute(cls, every_n_steps, every_n_epochs, keep_last, precision, subfolder, overwrite) -> io.NodeOutput:
+    def execute(cls, every_n_steps, every_n_epochs, keep_last, precision, subfolder, overwrite,
+                save_training_state=True, resume_from=NO_FILE) -> io.NodeOutput:
         try:
             check_subfolder(subfolder)
         except ValueError as error:
             raise ValueError(f"subfolder: {error}") from None
-        return io.NodeOutput(SaveSettings(every_n_steps, every_n_epochs, keep_last, precision, subfolder, overwrite))
+        return io.NodeOutput(SaveSettings(every_n_steps, every_n_epochs, keep_last, precision, subfolder, overwrite,
+                                          save_training_state, None if resume_from == NO_FILE else resume_from))

@@ -20,6 +20,8 @@ from ..training.network import LYCORIS_ALGO, NETWORK_MODULE, AdapterNetwork
 from ..training.optimizers import build_optimizer
 from ..training.schedulers import build_scheduler
 from ..training.settings import NetworkSettings, ObjectiveSettings, OptimizerSettings, SaveSettings
+from ..training.train_state import SUFFIX as STATE_SUFFIX
+from ..training.train_state import load_state, save_state
 from . import host
 
 PREVIEW_EVERY = 10  # steps between loss-chart previews (rendering is cheap, but not free)
@@ -126,14 +128,32 @@ class _Saver:
         lora_file.write_atomic(path, tensors, self.metadata(step, epoch, resolution), overwrite=overwrite)
         return tensors
 
-    def periodic_save(self, step: int, epoch: int, resolution: str) -> Path:
+    def write_state(self, lora_path: Path, trainer: Trainer, step: int) -> None:
+        if self.req.save.save_state:
+            save_state(lora_path.with_suffix(STATE_SUFFIX), self.network, trainer.optimizer, trainer.scheduler, step,
+                       fingerprint(self.req, trainer))
+
+    def periodic_save(self, trainer: Trainer, step: int, epoch: int, resolution: str) -> Path:
         path = self.folder / f"{self.name}-step{step:06d}.safetensors"
         self.write(path, step, epoch, resolution, overwrite=self.req.save.overwrite)
+        self.write_state(path, trainer, step)
         self.periodic.append(path)
         keep = self.req.save.keep_last
         while keep and len(self.periodic) > keep:
-            self.periodic.pop(0).unlink(missing_ok=True)
+            old = self.periodic.pop(0)
+            old.unlink(missing_ok=True)
+            old.with_suffix(STATE_SUFFIX).unlink(missing_ok=True)
         return path
+
+
+def fingerprint(req: RunRequest, trainer: Trainer) -> dict:
+    """The settings a resumed run must share with the saved one for the result to be exact."""
+    net, opt = req.network, req.optimizer
+    return {"seed": req.seed, "steps": req.steps, "learning_rate": req.learning_rate,
+            "algorithm": net.network.algorithm, "rank": net.network.rank, "alpha": net.network.alpha,
+            "conv_rank": net.network.conv_rank, "preset": net.preset, "optimizer": opt.optimizer,
+            "optimizer_args": opt.optimizer_args, "scheduler": opt.scheduler, "batch_size": opt.batch_size,
+            "grad_accum": opt.grad_accum, "samples": [list(s.latent.shape) + [s.repeats] for s in trainer.samples]}
 
 
 def run(req: RunRequest) -> RunResult:
@@ -166,6 +186,11 @@ def run(req: RunRequest) -> RunResult:
                                     req.learning_rate, opt.optimizer_args)
         scheduler = build_scheduler(opt.scheduler, optimizer, req.steps, opt.warmup_steps, opt.num_cycles)
         trainer = Trainer(model, list(network.parameters()), samples, loop_config, optimizer, scheduler, network)
+        start_step = 0
+        if req.save.resume_from:
+            start_step = load_state(host.find_state_file(req.save.resume_from), network, optimizer, scheduler,
+                                    fingerprint(req, trainer))
+            progress.update(start_step)
         started = time.monotonic()
 
         def on_step(record: StepRecord) -> None:
@@ -173,9 +198,9 @@ def run(req: RunRequest) -> RunResult:
                             "sigma": record.sigma})
             epoch_done = record.step % trainer.steps_per_epoch == 0
             if req.save.due(record.step, epoch_done, record.epoch) and record.step < req.steps:
-                saved.append(str(saver.periodic_save(record.step, record.epoch, resolution)))
+                saved.append(str(saver.periodic_save(trainer, record.step, record.epoch, resolution)))
             losses = [h["loss"] for h in history]
-            progress.text(_progress_text(record, req.steps, losses, started, 0))
+            progress.text(_progress_text(record, req.steps, losses, started, start_step))
             preview = None
             if record.step % PREVIEW_EVERY == 0 or record.step == req.steps:
                 preview = render_loss_chart(losses, [int(Path(p).stem.rsplit("step", 1)[-1]) for p in saved])
@@ -190,14 +215,15 @@ def run(req: RunRequest) -> RunResult:
             return cancel["requested"] or host.interrupted()
 
         try:
-            outcome = trainer.run(0, on_step, should_stop)
+            outcome = trainer.run(start_step, on_step, should_stop)
         except NonFiniteLoss as error:
             last = saved[-1] if saved else "none was saved yet"
             raise ValueError(f"{error}. Last good checkpoint: {last}. Lower the learning rate or check the data.") from None
         if outcome.interrupted:
             path = saver.folder / f"{saver.name}_interrupted_{outcome.step}.safetensors"
-            if outcome.step > 0:
-                saver.write(path, outcome.step, history[-1]["epoch"] if history else 0, resolution, overwrite=True)
+            if outcome.step > start_step:
+                saver.write(path, outcome.step, history[-1]["epoch"], resolution, overwrite=True)
+                saver.write_state(path, trainer, outcome.step)
             raise host.interrupt_exception()
         epoch = history[-1]["epoch"] if history else 0
         tensors = saver.write(saver.final, outcome.step, epoch, resolution, overwrite=req.save.overwrite)

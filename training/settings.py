@@ -57,6 +57,8 @@ class SaveSettings:
     precision: str = "bf16"
     subfolder: str = "loralab"
     overwrite: bool = False
+    save_state: bool = True  # a .trainstate beside each periodic and interrupted save, for resume
+    resume_from: str | None = None  # a .trainstate file in the loras folders
 
     def due(self, step: int, epoch_done: bool, epoch: int) -> bool:
         """A periodic save after `step`: on the step cadence, or when an epoch just ended."""

@@ -116,5 +116,28 @@ def test_cancel_saves_the_last_completed_step(server):
     last_periodic = max(int(p.stem.rsplit("step", 1)[-1]) for p in folder.glob(f"{name}-step*.safetensors"))
     assert step >= last_periodic >= 3
     assert metadata(interrupted[0])["ss_steps"] == str(step)
+    assert interrupted[0].with_suffix(".trainstate").is_file()
     assert not (folder / f"{name}.safetensors").exists()
     assert server.alive()
+
+
+def test_resume_from_a_saved_state_equals_the_uninterrupted_run(server):
+    from safetensors.torch import load_file
+
+    folder = server.base / "models" / "loras" / "loralab"
+    full, resumed = unique("full"), unique("resumed")
+    save = {**SAVE_DEFAULTS, "every_n_steps": 4}
+    entry = server.run(training_prompt("SD1.5", full, steps=12, save=save, network=NETWORK_DEFAULTS))
+    assert execution_error(entry) is None, execution_error(entry)
+    state = folder / f"{full}-step000004.trainstate"
+    assert state.is_file()
+    resume = {**save, "resume_from": f"loralab/{state.name}"}
+    entry = server.run(training_prompt("SD1.5", resumed, steps=12, save=resume, network=NETWORK_DEFAULTS))
+    assert execution_error(entry) is None, execution_error(entry)
+    a, b = load_file(folder / f"{full}.safetensors"), load_file(folder / f"{resumed}.safetensors")
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+    # a run with other settings is refused instead of silently diverging
+    other = {**NETWORK_DEFAULTS, "rank": 2, "alpha": 2.0}
+    message = run_expecting_error(server, training_prompt("SD1.5", unique("mismatch"), steps=12, save=resume,
+                                                          network=other))
+    assert "other settings" in message and "rank" in message

@@ -44,7 +44,7 @@ def training_prompt(family: str, output_name: str, steps: int = 10, save: dict |
 
 
 SAVE_DEFAULTS = {"every_n_steps": 0, "every_n_epochs": 0, "keep_last": 0, "precision": "fp32",
-                 "subfolder": "loralab", "overwrite": False}
+                 "subfolder": "loralab", "overwrite": False, "save_training_state": True, "resume_from": "none"}
 NETWORK_DEFAULTS = {"algorithm": "LoRA", "rank": 4, "alpha": 4.0, "conv_rank": 0, "conv_alpha": 1.0,
                     "dropout": 0.0, "target_preset": "attention+mlp", "continue_from": "none"}
 OBJECTIVE_DEFAULTS = {"loss": "mse", "huber_delta": 1.0, "mask_reduction": "normalized", "unmasked_weight": 0.0,
