@@ -356,15 +356,17 @@ class TrainingModel:
         self.close()
 
     def close(self) -> None:
-        import comfy.model_management as mm
-
         if self.network is not None:
             self.network.detach()
-        for loaded in list(mm.current_loaded_models):
-            if loaded.model is self.patcher:
-                loaded.model_unload()
-                mm.current_loaded_models.remove(loaded)
-        self.patcher.detach(unpatch_all=True)
+        _unload(self.patcher)
+
+    def reload(self) -> None:
+        """Back on the device after another patcher of the same model (sampling) was loaded."""
+        import comfy.model_management as mm
+
+        mm.load_models_gpu([self.patcher], force_full_load=True)
+        if self.network is not None:
+            self.network.attach()
 
     def predict(self, noisy, sigma, conds: list):
         """Raw model output for a batch; `conds` holds one CONDITIONING entry per sample."""
@@ -385,6 +387,17 @@ class TrainingModel:
             value = first.concat([s[key] for s in per_sample[1:]]) if len(per_sample) > 1 else first.cond
             out[key] = value.to(self.device) if isinstance(value, torch.Tensor) else value
         return out
+
+
+def _unload(patcher) -> None:
+    """Takes a patcher off the device and undoes its patches, injections and wrappers."""
+    import comfy.model_management as mm
+
+    for loaded in list(mm.current_loaded_models):
+        if loaded.model is patcher:
+            loaded.model_unload()
+            mm.current_loaded_models.remove(loaded)
+    patcher.detach(unpatch_all=True)
 
 
 def encode_images(vae, model, pixels: torch.Tensor) -> torch.Tensor:
@@ -491,3 +504,41 @@ def apply_lora(model, tensors: dict, strength: float = 1.0):
 
     patched, _ = comfy.sd.load_lora_for_models(model, None, tensors, strength, 0)
     return patched
+
+
+def sampler_names() -> tuple[list[str], list[str]]:
+    import comfy.samplers
+
+    return list(comfy.samplers.KSampler.SAMPLERS), list(comfy.samplers.KSampler.SCHEDULERS)
+
+
+def sample_images(model, network, clip, vae, prompts: list[str], settings) -> torch.Tensor:
+    """Images (N,H,W,3) from `prompts` with the adapter attached the same patcher-scoped way as
+    in training (a separate clone, so training's raw-output patch does not apply)."""
+    import comfy.sample
+    import node_helpers
+    from comfy.patcher_extension import PatcherInjection
+
+    patcher = model.clone()
+    if network is not None:
+        patcher.set_injections("loralab_adapters", [PatcherInjection(
+            inject=lambda p: network.attach(), eject=lambda p: network.detach())])
+    channels = model.get_model_object("latent_format").latent_channels
+    latent = torch.zeros(1, channels, settings.height // 8, settings.width // 8)
+    negative = encode_caption(clip, settings.negative)
+    images = []
+    try:
+        with torch.no_grad():
+            for prompt in prompts:
+                positive = [encode_caption(clip, prompt)]
+                if base_family(model) == "flux":
+                    positive = node_helpers.conditioning_set_values(positive, {"guidance": settings.guidance})
+                noise = comfy.sample.prepare_noise(latent, settings.seed)
+                out = comfy.sample.sample(patcher, noise, settings.steps, settings.cfg, settings.sampler, settings.scheduler,
+                                          positive, [negative], latent, seed=settings.seed, disable_pbar=True)
+                images.append(vae.decode(out)[..., :3].float().cpu())
+    finally:
+        _unload(patcher)
+        if network is not None:
+            network.detach()
+    return torch.cat(images)

@@ -46,6 +46,8 @@ class Train(io.ComfyNode):
                 types.SaveConfig.Input("save", optional=True,
                                        tooltip="Save cadence and format (LoRA Lab Save). Default: only the final "
                                                "file, bf16, in loras/loralab."),
+                types.SampleConfig.Input("samples", optional=True,
+                                         tooltip="Sample images during training (LoRA Lab Samples). Default: none."),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The model with the trained LoRA applied (as LoraLoader "
@@ -53,21 +55,25 @@ class Train(io.ComfyNode):
                 io.String.Output(display_name="lora_path", tooltip="Path of the saved LoRA file."),
                 types.LossHistory.Output(display_name="loss_history",
                                          tooltip="Per-step loss, learning rate and timestep of the run."),
+                io.Image.Output(display_name="images", tooltip="The sample images taken during training, in order "
+                                                               "(the loss chart when no samples are configured)."),
             ],
             hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
     def execute(cls, model, vae, dataset, steps, learning_rate, seed, output_name, clip=None, network=None,
-                optimizer=None, objective=None, save=None) -> io.NodeOutput:
+                optimizer=None, objective=None, save=None, samples=None) -> io.NodeOutput:
         import torch
 
         request = train_run.RunRequest(
             model=model, clip=clip, vae=vae, dataset=dataset, steps=steps, learning_rate=learning_rate, seed=seed,
             output_name=output_name, network=network or NetworkSettings(), optimizer=optimizer or OptimizerSettings(),
-            objective=objective or ObjectiveSettings(), save=save or SaveSettings(), node_id=cls.hidden.unique_id)
+            objective=objective or ObjectiveSettings(), save=save or SaveSettings(), samples=samples,
+            node_id=cls.hidden.unique_id)
         with torch.inference_mode(False):  # the executor runs nodes in inference mode; training needs autograd
             result = train_run.run(request)
         trained = host.apply_lora(model, result.tensors)
         summary = f"saved {result.lora_path.name}; final loss {result.history[-1]['loss']:.4f}"
-        return io.NodeOutput(trained, str(result.lora_path), result.history, ui={"text": [summary]})
+        return io.NodeOutput(trained, str(result.lora_path), result.history, train_run.output_images(result),
+                             ui={"text": [summary]})

@@ -8,7 +8,7 @@ from ..training.objective import FLOW_SAMPLERS, FlowTimesteps, SnrWeighting
 from ..training.optimizers import OPTIMIZERS, parse_optimizer_args
 from ..training.schedulers import SCHEDULERS
 from ..training.settings import (TARGET_PRESETS, NetworkSettings, ObjectiveSettings, OptimizerSettings,
-                                 SaveSettings)
+                                 SampleSettings, SaveSettings)
 from ..training.lora_file import SAVE_DTYPES, check_subfolder
 from ..training.train_state import SUFFIX as STATE_SUFFIX
 from . import host, types
@@ -163,3 +163,41 @@ class Save(io.ComfyNode):
             raise ValueError(f"subfolder: {error}") from None
         return io.NodeOutput(SaveSettings(every_n_steps, every_n_epochs, keep_last, precision, subfolder, overwrite,
                                           save_training_state, None if resume_from == NO_FILE else resume_from))
+
+
+class Samples(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        samplers, schedulers = host.sampler_names()
+        return io.Schema(
+            node_id="LoRALabSamples", display_name="LoRA Lab Samples", category="LoRA Lab/training",
+            description="Sample images LoRA Lab Train takes during training, to compare checkpoints.",
+            inputs=[
+                io.String.Input("prompts", multiline=True, default="{trigger}",
+                                tooltip="One prompt per line; {trigger} becomes the dataset's trigger word."),
+                io.String.Input("negative", multiline=True, default="", tooltip="Negative prompt (used when cfg > 1)."),
+                io.Combo.Input("sampler", options=samplers, default="euler", tooltip="Sampler."),
+                io.Combo.Input("scheduler", options=schedulers, default="simple", tooltip="Noise schedule."),
+                io.Int.Input("steps", default=20, min=1, max=200, tooltip="Sampling steps per image."),
+                io.Float.Input("cfg", default=1.0, min=0.0, max=30.0, step=0.1,
+                               tooltip="Classifier-free guidance (1.0 for Flux-dev, which uses 'guidance')."),
+                io.Float.Input("guidance", default=3.5, min=0.0, max=30.0, step=0.1,
+                               tooltip="Flux sampling guidance (separate from the training guidance)."),
+                io.Int.Input("seed", default=42, min=0, max=2**31 - 1,
+                             tooltip="Fixed seed: every checkpoint is sampled with the same noise."),
+                io.Int.Input("width", default=512, min=64, max=4096, step=16, tooltip="Sample width in pixels."),
+                io.Int.Input("height", default=512, min=64, max=4096, step=16, tooltip="Sample height in pixels."),
+                io.Int.Input("every_n_steps", default=0, min=0, max=1_000_000,
+                             tooltip="Sample every N steps (0 = with each save and at the end)."),
+                io.Boolean.Input("sample_at_start", default=True,
+                                 tooltip="Also sample before training, to compare with the base model."),
+            ],
+            outputs=[types.SampleConfig.Output(display_name="samples", tooltip="Sample settings for LoRA Lab Train.")],
+        )
+
+    @classmethod
+    def execute(cls, prompts, negative, sampler, scheduler, steps, cfg, guidance, seed, width, height,
+                every_n_steps, sample_at_start) -> io.NodeOutput:
+        lines = tuple(line.strip() for line in prompts.splitlines() if line.strip())
+        return io.NodeOutput(SampleSettings(lines, negative, sampler, scheduler, steps, cfg, guidance, seed, width,
+                                            height, every_n_steps, sample_at_start))

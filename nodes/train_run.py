@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..training import lora_file
@@ -19,7 +20,7 @@ from ..training.masked_loss import pool_to_latent
 from ..training.network import LYCORIS_ALGO, NETWORK_MODULE, AdapterNetwork
 from ..training.optimizers import build_optimizer
 from ..training.schedulers import build_scheduler
-from ..training.settings import NetworkSettings, ObjectiveSettings, OptimizerSettings, SaveSettings
+from ..training.settings import NetworkSettings, ObjectiveSettings, OptimizerSettings, SampleSettings, SaveSettings
 from ..training.train_state import SUFFIX as STATE_SUFFIX
 from ..training.train_state import load_state, save_state
 from . import host
@@ -33,6 +34,7 @@ class RunResult:
     tensors: dict
     history: list[dict]
     saved: list[str] = field(default_factory=list)
+    samples: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (step, images)
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class RunRequest:
     optimizer: OptimizerSettings
     objective: ObjectiveSettings
     save: SaveSettings
+    samples: SampleSettings | None = None
     node_id: str | None = None
 
 
@@ -175,12 +178,21 @@ def run(req: RunRequest) -> RunResult:
         network.load_file_state_dict(lora_file.read_lora(host.find_lora(req.network.continue_from)),
                                      req.network.continue_from)
     saver = _Saver(req, base, network)
+    if req.samples is not None and req.clip is None:
+        raise ValueError("clip: sample images need the CLIP to encode their prompts")
     samples = encode_samples(req)
     resolution = ",".join(f"{s.latent.shape[-1] * 8}x{s.latent.shape[-2] * 8}" for s in samples[:1])
     history: list[dict] = []
     saved: list[str] = []
     progress = host.Progress(req.steps, req.node_id)
     cancel = {"requested": False}
+    taken: list[tuple[int, torch.Tensor]] = []
+
+    def take_samples(step: int, model) -> None:
+        prompts = req.samples.resolved_prompts(req.dataset.trigger)
+        taken.append((step, host.sample_images(req.model, network, req.clip, req.vae, prompts, req.samples)))
+        model.reload()
+
     with host.TrainingModel(req.model, network, opt.gradient_checkpointing, obj.training_guidance) as model:
         optimizer = build_optimizer(opt.optimizer, [{"params": list(network.parameters()), "lr": req.learning_rate}],
                                     req.learning_rate, opt.optimizer_args)
@@ -191,18 +203,26 @@ def run(req: RunRequest) -> RunResult:
             start_step = load_state(host.find_state_file(req.save.resume_from), network, optimizer, scheduler,
                                     fingerprint(req, trainer))
             progress.update(start_step)
+        if req.samples is not None and req.samples.at_start:
+            take_samples(start_step, model)
         started = time.monotonic()
 
         def on_step(record: StepRecord) -> None:
             history.append({"step": record.step, "epoch": record.epoch, "loss": record.loss, "lr": record.lr,
                             "sigma": record.sigma})
             epoch_done = record.step % trainer.steps_per_epoch == 0
-            if req.save.due(record.step, epoch_done, record.epoch) and record.step < req.steps:
+            saved_now = record.step == req.steps or req.save.due(record.step, epoch_done, record.epoch)
+            if saved_now and record.step < req.steps:
                 saved.append(str(saver.periodic_save(trainer, record.step, record.epoch, resolution)))
+            sampled = req.samples is not None and req.samples.due(record.step, saved_now)
+            if sampled:
+                take_samples(record.step, model)
             losses = [h["loss"] for h in history]
             progress.text(_progress_text(record, req.steps, losses, started, start_step))
             preview = None
-            if record.step % PREVIEW_EVERY == 0 or record.step == req.steps:
+            if sampled:
+                preview = _to_pil(taken[-1][1][0])
+            elif record.step % PREVIEW_EVERY == 0 or record.step == req.steps:
                 preview = render_loss_chart(losses, [int(Path(p).stem.rsplit("step", 1)[-1]) for p in saved])
             try:
                 progress.update(record.step, preview)
@@ -228,4 +248,18 @@ def run(req: RunRequest) -> RunResult:
         epoch = history[-1]["epoch"] if history else 0
         tensors = saver.write(saver.final, outcome.step, epoch, resolution, overwrite=req.save.overwrite)
     saved.append(str(saver.final))
-    return RunResult(lora_path=saver.final, tensors=tensors, history=history, saved=saved)
+    return RunResult(lora_path=saver.final, tensors=tensors, history=history, saved=saved, samples=taken)
+
+
+def _to_pil(image: torch.Tensor):
+    from PIL import Image
+
+    return Image.fromarray((image.clamp(0, 1) * 255).round().byte().numpy())
+
+
+def output_images(result: RunResult) -> torch.Tensor:
+    """The samples in the order taken, or the loss chart when there are none (IMAGE layout)."""
+    if result.samples:
+        return torch.cat([images for _, images in result.samples])
+    chart = render_loss_chart([h["loss"] for h in result.history])
+    return torch.from_numpy(np.asarray(chart)).float().div(255).unsqueeze(0)  # IMAGE: (1,H,W,3) in [0,1]

@@ -21,7 +21,7 @@ def smoothed(values: Sequence[float], beta: float = 0.9) -> list[float]:
 
 
 def render(losses: Sequence[float], saves: Sequence[int] = (), width: int = 512, height: int = 256,
-           title: str = "loss") -> Image.Image:
+           title: str = "loss", log_scale: bool = False) -> Image.Image:
     image = Image.new("RGB", (width, height), (24, 24, 28))
     draw = ImageDraw.Draw(image)
     finite = [v for v in losses if math.isfinite(v)]
@@ -30,20 +30,22 @@ def render(losses: Sequence[float], saves: Sequence[int] = (), width: int = 512,
     if len(finite) < 1:
         return image
     left, top, right, bottom = 8, 24, width - 8, height - 8
-    low, high = min(finite), max(finite)
+    scale = (lambda v: math.log10(v) if v > 0 else float("nan")) if log_scale else (lambda v: v)
+    scaled = [scale(v) for v in finite if math.isfinite(scale(v))] or [0.0]
+    low, high = min(scaled), max(scaled)
     span = (high - low) or 1.0
     n = len(losses)
 
     def point(i: int, v: float) -> tuple[float, float]:
         x = left + (right - left) * (i / max(1, n - 1))
-        return x, bottom - (bottom - top) * (v - low) / span
+        return x, bottom - (bottom - top) * (scale(v) - low) / span
 
     for step in saves:
         if 1 <= step <= n:
-            x = point(step - 1, low)[0]
+            x = left + (right - left) * ((step - 1) / max(1, n - 1))
             draw.line([(x, top), (x, bottom)], fill=(70, 110, 70))
     for series, colour in ((losses, (110, 110, 150)), (smoothed(losses), (250, 190, 80))):
-        pts = [point(i, v) for i, v in enumerate(series) if math.isfinite(v)]
+        pts = [p for p in (point(i, v) for i, v in enumerate(series) if math.isfinite(v)) if math.isfinite(p[1])]
         if len(pts) > 1:
             draw.line(pts, fill=colour, width=1 if series is losses else 2)
         elif pts:

@@ -65,3 +65,33 @@ class SaveSettings:
         by_steps = self.every_n_steps > 0 and step % self.every_n_steps == 0
         by_epochs = self.every_n_epochs > 0 and epoch_done and (epoch + 1) % self.every_n_epochs == 0
         return by_steps or by_epochs
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """Sample images taken during training with the adapter as it is at that step."""
+
+    prompts: tuple[str, ...] = ("{trigger}",)
+    negative: str = ""
+    sampler: str = "euler"
+    scheduler: str = "simple"
+    steps: int = 20
+    cfg: float = 1.0
+    guidance: float = 3.5  # Flux sampling guidance, separate from the training guidance
+    seed: int = 42
+    width: int = 512
+    height: int = 512
+    every_n_steps: int = 0  # 0: with each save
+    at_start: bool = True  # a sample before training, to compare against
+
+    def __post_init__(self):
+        if not self.prompts:
+            raise ValueError("prompts: give at least one sample prompt (one per line)")
+        if self.width % 16 or self.height % 16:
+            raise ValueError(f"sample size {self.width}x{self.height} must be a multiple of 16")
+
+    def resolved_prompts(self, trigger: str) -> list[str]:
+        return [p.replace("{trigger}", trigger).strip() for p in self.prompts]
+
+    def due(self, step: int, saved_now: bool) -> bool:
+        return step % self.every_n_steps == 0 if self.every_n_steps > 0 else saved_now

@@ -141,3 +141,42 @@ def test_resume_from_a_saved_state_equals_the_uninterrupted_run(server):
     message = run_expecting_error(server, training_prompt("SD1.5", unique("mismatch"), steps=12, save=resume,
                                                           network=other))
     assert "other settings" in message and "rank" in message
+
+
+@pytest.mark.parametrize("family", ["Flux", "SD1.5"])
+def test_samples_are_taken_at_start_each_save_and_end_without_changing_training(server, family):
+    import numpy as np
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from labtest.workflows import SAMPLES_DEFAULTS
+
+    folder = server.base / "models" / "loras" / "loralab"
+    plain, sampled = unique("plain"), unique("sampled")
+    save = {**SAVE_DEFAULTS, "every_n_steps": 3}
+    assert execution_error(server.run(training_prompt(family, plain, steps=6, save=save))) is None
+    prompt = training_prompt(family, sampled, steps=6, save=save, samples=SAMPLES_DEFAULTS)
+    prompt["10"] = {"class_type": "SaveImage", "inputs": {"images": ["5", 3], "filename_prefix": sampled}}
+    entry = server.run(prompt)
+    assert execution_error(entry) is None, execution_error(entry)
+    files = entry["outputs"]["10"]["images"]
+    images = [np.asarray(Image.open(server.base / "output" / f["subfolder"] / f["filename"])) for f in files]
+    assert len(images) == 6 and all(i.shape == (64, 64, 3) for i in images)  # 2 prompts x (start, step 3, step 6)
+    assert not np.array_equal(images[0], images[4])  # step 0 vs step 6, same prompt and seed: the LoRA acts
+    a, b = load_file(folder / f"{plain}.safetensors"), load_file(folder / f"{sampled}.safetensors")
+    assert all(a[k].equal(b[k]) for k in a)  # sampling does not disturb training
+
+
+def test_loss_chart_node_draws_the_history(server):
+    prompt = training_prompt("SD1.5", unique("chart"), steps=5)
+    prompt["10"] = {"class_type": "LoRALabLossChart", "inputs": {"loss_history": ["5", 2], "width": 300,
+                                                                "height": 150, "log_scale": True}}
+    prompt["11"] = {"class_type": "SaveImage", "inputs": {"images": ["10", 0], "filename_prefix": "chart"}}
+    entry = server.run(prompt)
+    assert execution_error(entry) is None, execution_error(entry)
+    from PIL import Image
+
+    f = entry["outputs"]["11"]["images"][0]
+    with Image.open(server.base / "output" / f["subfolder"] / f["filename"]) as image:
+        assert image.size == (300, 150)
+        assert len(set(image.getdata())) > 3  # something was drawn on the background

@@ -19,7 +19,7 @@ def demo_sampling_prompt(family: str, weight_dtype: str = "fp32", size: int = 64
 
 def training_prompt(family: str, output_name: str, steps: int = 10, save: dict | None = None,
                     network: dict | None = None, objective: dict | None = None, with_clip: bool = True,
-                    captions: str = "a photo", size: int = 64) -> dict:
+                    captions: str = "a photo", size: int = 64, samples: dict | None = None) -> dict:
     """Demo Model + a solid image with a square mask -> Dataset From Images -> LoRA Lab Train."""
     prompt = {
         "1": {"class_type": "LoRALabDemoModel", "inputs": {"family": family, "weight_dtype": "fp32", "seed": 0}},
@@ -36,7 +36,8 @@ def training_prompt(family: str, output_name: str, steps: int = 10, save: dict |
         prompt["5"]["inputs"]["clip"] = ["1", 1]
     for node_id, class_type, values, socket in (("6", "LoRALabSave", save, "save"),
                                                 ("7", "LoRALabNetwork", network, "network"),
-                                                ("8", "LoRALabObjective", objective, "objective")):
+                                                ("8", "LoRALabObjective", objective, "objective"),
+                                                ("9", "LoRALabSamples", samples, "samples")):
         if values is not None:
             prompt[node_id] = {"class_type": class_type, "inputs": values}
             prompt["5"]["inputs"][socket] = [node_id, 0]
@@ -50,3 +51,6 @@ NETWORK_DEFAULTS = {"algorithm": "LoRA", "rank": 4, "alpha": 4.0, "conv_rank": 0
 OBJECTIVE_DEFAULTS = {"loss": "mse", "huber_delta": 1.0, "mask_reduction": "normalized", "unmasked_weight": 0.0,
                       "min_snr_gamma": 0.0, "debiased_estimation": False, "noise_offset": 0.0,
                       "timestep_sampling": "sigmoid", "sigmoid_scale": 1.0, "shift": 3.1582, "training_guidance": 1.0}
+SAMPLES_DEFAULTS = {"prompts": "{trigger}\n{trigger} in a garden", "negative": "", "sampler": "euler",
+                    "scheduler": "simple", "steps": 2, "cfg": 1.0, "guidance": 3.5, "seed": 42, "width": 64,
+                    "height": 64, "every_n_steps": 0, "sample_at_start": True}
