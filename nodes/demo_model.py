@@ -24,7 +24,7 @@ class DemoModel(io.ComfyNode):
                 io.Combo.Input("weight_dtype", options=list(demo_configs.WEIGHT_DTYPES), default="fp32",
                                tooltip="Storage dtype of the diffusion model's weights (text encoders "
                                        "and VAE stay fp32 on CPU)."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
                              tooltip="Seed of the random weights: the same seed builds the same model."),
             ],
             outputs=[

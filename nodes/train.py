@@ -28,7 +28,7 @@ class Train(io.ComfyNode):
                              tooltip="Optimizer steps to train (one step = batch size x gradient accumulation images)."),
                 io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=10.0, step=1e-5,
                                tooltip="Learning rate of the adapter (Prodigy expects 1.0)."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
                              tooltip="Seed of adapter initialisation, data order, noise and timesteps: the same "
                                      "seed and inputs give the same run."),
                 io.String.Input("output_name", default="my_lora",
@@ -76,4 +76,4 @@ class Train(io.ComfyNode):
         trained = host.apply_lora(model, result.tensors)
         summary = f"saved {result.lora_path.name}; final loss {result.history[-1]['loss']:.4f}"
         return io.NodeOutput(trained, str(result.lora_path), result.history, train_run.output_images(result),
-                             ui={"text": [summary]})
+                             ui={"text": [summary], "lora_path": [str(result.lora_path)]})

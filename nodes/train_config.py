@@ -183,7 +183,7 @@ class Samples(io.ComfyNode):
                                tooltip="Classifier-free guidance (1.0 for Flux-dev, which uses 'guidance')."),
                 io.Float.Input("guidance", default=3.5, min=0.0, max=30.0, step=0.1,
                                tooltip="Flux sampling guidance (separate from the training guidance)."),
-                io.Int.Input("seed", default=42, min=0, max=2**31 - 1,
+                io.Int.Input("seed", default=42, min=0, max=2**31 - 1, control_after_generate=False,
                              tooltip="Fixed seed: every checkpoint is sampled with the same noise."),
                 io.Int.Input("width", default=512, min=64, max=4096, step=16, tooltip="Sample width in pixels."),
                 io.Int.Input("height", default=512, min=64, max=4096, step=16, tooltip="Sample height in pixels."),

@@ -25,7 +25,7 @@ BASE_MODELS = {
     "sd15": ("sd_v1", "stable-diffusion-v1/lora"),
 }
 SAVE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-_NAME = re.compile(r"^[\w .()\[\]+-]+$")
+_NAME = re.compile(r"^[\w .()\[\]+-]+\Z")  # \Z: "$" would let a trailing newline through
 
 
 def check_output_name(name: str) -> str:
@@ -112,6 +112,7 @@ def write_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
         if not overwrite and path.exists():  # someone else wrote it meanwhile
             raise FileExistsError(f"{path} already exists: choose another output name or allow overwriting")
         os.replace(tmp, path)
+        os.chmod(path, 0o644)  # the library writes 0600; a LoRA is an ordinary, shareable file
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

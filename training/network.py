@@ -8,6 +8,7 @@ Only algorithms whose bypass form is a pure addition are offered here.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 
@@ -126,9 +127,16 @@ class AdapterNetwork(nn.Module):
                 continue
             expected = adapter.state_dict()
             wrong = [k for k in expected if k in own and own[k].shape != expected[k].shape]
-            if wrong or set(own) - set(expected) - {"alpha"}:
+            if wrong or (set(own) ^ set(expected)) - {"alpha"}:
                 raise ValueError(f"{source}: layer {name} was saved with another algorithm or rank "
                                  f"(keys {sorted(own)}, expected {sorted(expected)})")
+            # lycoris fixes its scale (alpha / rank) when the module is built: a file alpha loaded
+            # into the buffer would be saved again but never used in training.
+            alpha = own.pop("alpha", None)
+            if alpha is not None and not math.isclose(float(alpha), float(expected["alpha"]), rel_tol=5e-3):
+                raise ValueError(f"{source}: layer {name} was saved with alpha {float(alpha):g}, this network "
+                                 f"uses {float(expected['alpha']):g}: set alpha (conv_alpha for convolutions) "
+                                 f"to the file's to continue it")
             with torch.no_grad():
                 adapter.load_state_dict({k: v.to(expected[k].dtype) for k, v in own.items()}, strict=False)
         if missing:

@@ -55,7 +55,8 @@ def save_state(path: Path, network: torch.nn.Module, optimizer, scheduler, step:
         "format": _FORMAT,
         "step": step,
         "fingerprint": fingerprint,
-        "network": _split(dict(network.named_parameters()), "net", tensors),
+        # buffers too: lycoris keeps the max-norm rescale factor (scale_weight_norms) in one
+        "network": _split({**dict(network.named_parameters()), **dict(network.named_buffers())}, "net", tensors),
         "optimizer": _split(optimizer.state_dict(), "opt", tensors),
         "scheduler": _split(scheduler.state_dict(), "sched", tensors),
     }
@@ -79,10 +80,10 @@ def load_state(path: Path, network: torch.nn.Module, optimizer, scheduler, finge
         details = ", ".join(f"{k}: saved {old!r}, now {new!r}" for k, (old, new) in different.items())
         raise ValueError(f"{path.name} was saved by a run with other settings ({details}); resume needs the same ones")
     tensors = load_file(str(path))
-    params = _join(payload["network"], tensors)
+    saved = _join(payload["network"], tensors)
     with torch.no_grad():
-        for name, param in network.named_parameters():
-            param.copy_(params[name].to(param.device, param.dtype))
+        for name, value in [*network.named_parameters(), *network.named_buffers()]:
+            value.copy_(saved[name].to(value.device, value.dtype))
     optimizer.load_state_dict(_join(payload["optimizer"], tensors))
     scheduler.load_state_dict(_join(payload["scheduler"], tensors))
     return int(payload["step"])

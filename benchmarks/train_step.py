@@ -1,0 +1,307 @@
+"""Training-step time and peak memory: LoRA Lab's trainer, ComfyUI's built-in TrainLoraNode, and a
+bare forward + backward of the same model.
+
+    python benchmarks/train_step.py --markdown
+
+Each (case, implementation) runs in a fresh process: this script re-invokes itself with
+`--case NAME --impl ours|native|bare`, the child prints one result line, and the parent prints one
+JSON line per case (and, with --markdown, a table). See docs/benchmarks.md for what is measured.
+
+Shared by every run of a case:
+- the model: a ComfyUI-built Flux (bf16 weights, random but seeded) made by LoRA Lab's host
+  adapter, under torch.inference_mode() the way a loader node runs in the executor; "tiny" is the
+  Demo Model node's Flux, "wide" the same build with a wider FLUX_UNET;
+- compute in bf16: the model's compute dtype set to bf16 (ModelPatcher.set_model_compute_dtype)
+  and its forward under torch.autocast(bf16), which is exactly what TrainLoraNode does itself;
+- per-block gradient checkpointing;
+- 256 text tokens (the demo T5 tokenizer pads to 256), one 16x32x32 latent, batch 1;
+- rank 8 and torch AdamW, its step included (ours, native);
+- one thread; the first WARMUP steps are dropped and the median of the rest is reported.
+
+ComfyUI is found through $COMFYUI_PATH or ~/comfy/ComfyUI (as the test suite finds it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+IMPLS = ("ours", "native", "bare")
+WARMUP = 3
+RANK = 8
+LATENT_SHAPE = (16, 32, 32)  # Flux latent channels, 256x256 pixels
+CAPTION = "a photo"
+LEARNING_RATE = 5e-4
+SEED = 0
+RESULT_PREFIX = "TRAIN_STEP_RESULT "
+
+# Per case: changes to the demo FLUX_UNET (None: the Demo Model node's tiny Flux) and the number of
+# steps per run (WARMUP of them dropped). The text/pooled widths stay those of the demo CLIP.
+CASES = {
+    "tiny": {"flux": None, "steps": 23},
+    "wide": {"flux": {"hidden_size": 1024, "num_heads": 8, "depth": 2, "depth_single_blocks": 2,
+                      "axes_dim": [16, 56, 56], "context_in_dim": 64, "vec_in_dim": 32},
+             "steps": 13},
+}
+
+
+# --- child: one implementation on one case --------------------------------------------------
+
+def _import_host():
+    """ComfyUI imported in-process on the CPU, then the pack as `comfyui_lora_lab`."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from labtest import find_comfyui, register_pack
+    from labtest.inprocess import import_comfyui
+
+    comfy_dir = find_comfyui()
+    if comfy_dir is None:
+        raise SystemExit("no ComfyUI source tree found: set COMFYUI_PATH (or put one at ~/comfy/ComfyUI)")
+    import_comfyui(comfy_dir)
+    register_pack()
+    from comfyui_lora_lab.nodes import host
+
+    return host
+
+
+def _build_model(host, flux_changes: dict | None):
+    """The demo model the way a loader node makes it: inside inference mode. The wide case is the
+    same build (host.build_demo_model, ComfyUI's supported_models.Flux, host.randomize_module)
+    with the demo FLUX_UNET widened for the duration of the call."""
+    import torch
+    from unittest import mock
+
+    from comfyui_lora_lab.nodes import demo_configs
+
+    with torch.inference_mode(), mock.patch.dict(demo_configs.FLUX_UNET, flux_changes or {}):
+        return host.build_demo_model("Flux", "bf16", SEED)
+
+
+def _maxrss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+
+
+class _Autocast:
+    """A predictor running the wrapped one's forward under bf16 autocast (TrainSampler does the
+    same around ComfyUI's forward), so all three implementations compute alike."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.family, self.sigma_table, self.device = inner.family, inner.sigma_table, inner.device
+
+    def predict(self, noisy, sigma, conds):
+        import torch
+
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            return self.inner.predict(noisy, sigma, conds)
+
+
+def _bf16_compute(model):
+    """A clone computing in bf16, as TrainLoraNode sets up its own clone."""
+    import torch
+
+    clone = model.clone()
+    clone.set_model_compute_dtype(torch.bfloat16)
+    return clone
+
+
+def _run_ours(host, model, latent, cond, steps: int) -> list[float]:
+    import torch
+
+    from comfyui_lora_lab.training.loop import LoopConfig, Sample, Trainer
+    from comfyui_lora_lab.training.network import AdapterNetwork, NetworkConfig
+    from comfyui_lora_lab.training.optimizers import build_optimizer
+    from comfyui_lora_lab.training.schedulers import build_scheduler
+
+    ends: list[float] = []
+    with torch.inference_mode(False):  # as the Train node does inside the executor
+        network = AdapterNetwork(host.target_modules(model, "all"), NetworkConfig("LoRA", RANK, float(RANK)),
+                                 seed=SEED)
+        with host.TrainingModel(_bf16_compute(model), network, checkpointing=True, guidance=1.0) as tm:
+            params = list(network.parameters())
+            optimizer = build_optimizer("AdamW", [{"params": params, "lr": LEARNING_RATE}], LEARNING_RATE)
+            scheduler = build_scheduler("constant", optimizer, steps)
+            trainer = Trainer(_Autocast(tm), params, [Sample(latent, None, cond)], LoopConfig(steps=steps, seed=SEED),
+                              optimizer, scheduler, network)
+            trainer.run(on_step=lambda record: ends.append(time.perf_counter()))
+    return ends
+
+
+def _as_loaded_to_device(model) -> int:
+    """What loading the model to a GPU does inside TrainLoraNode (which leaves inference mode
+    first): the loader's inference-tensor weights become normal tensors on the device. On the CPU
+    nothing moves, and the stock node then stops at the first Flux block with "Inference tensors
+    cannot be saved for backward" (the RMSNorm scales of QKNorm are used as they are). This makes
+    that copy, in place of the originals; returns how many tensors it replaced."""
+    import torch
+
+    replaced = 0
+    with torch.inference_mode(False), torch.no_grad():
+        for module in model.model.modules():
+            for name, param in list(module._parameters.items()):
+                if param is not None and param.is_inference():
+                    module._parameters[name] = torch.nn.Parameter(param.clone(), requires_grad=param.requires_grad)
+                    replaced += 1
+            for name, buffer in list(module._buffers.items()):
+                if buffer is not None and buffer.is_inference():
+                    module._buffers[name] = buffer.clone()
+                    replaced += 1
+    return replaced
+
+
+def _run_native(host, model, latent, cond, steps: int) -> list[float]:
+    """ComfyUI's TrainLoraNode.train called as the executor calls it (inside inference mode; the
+    node leaves it itself). Step ends come from a global optimizer-step hook: ComfyUI's code runs
+    unchanged."""
+    import torch
+    from comfy_extras.nodes_train import TrainLoraNode
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    _as_loaded_to_device(model)
+    ends: list[float] = []
+    hook = register_optimizer_step_post_hook(
+        lambda optimizer, args, kwargs: ends.append(time.perf_counter()))
+    try:
+        with torch.inference_mode():
+            TrainLoraNode().train(
+                model=model, latents={"samples": latent.unsqueeze(0)}, positive=[cond], batch_size=1, steps=steps,
+                grad_accumulation_steps=1, learning_rate=LEARNING_RATE, rank=RANK, optimizer="AdamW",
+                loss_function="MSE", seed=SEED, training_dtype="bf16", lora_dtype="fp32", algorithm="LoRA",
+                gradient_checkpointing=True, existing_lora="[None]")
+    finally:
+        hook.remove()
+    return ends
+
+
+def _run_bare(host, model, latent, cond, steps: int) -> list[float]:
+    """The same forward as ours (TrainingModel without adapters: frozen-weight wrappers, Flux block
+    patches with checkpointing), the loss, and a backward to the input latent; no optimizer."""
+    import torch
+
+    from comfyui_lora_lab.training.masked_loss import per_sample_loss
+    from comfyui_lora_lab.training.objective import FlowTimesteps, sample_flow_sigmas
+
+    ends: list[float] = []
+    with torch.inference_mode(False):
+        with host.TrainingModel(_bf16_compute(model), None, checkpointing=True, guidance=1.0) as tm:
+            predictor, family = _Autocast(tm), tm.family
+            x0 = latent.unsqueeze(0).float()
+            for step in range(steps):
+                g = torch.Generator().manual_seed(SEED * 1_000_003 + step + 7)
+                noise = torch.randn(x0.shape, generator=g)
+                sigma = sample_flow_sigmas(FlowTimesteps(), 1, tuple(x0.shape[-2:]), g).float()
+                noisy = family.noisy(x0, noise, sigma).requires_grad_(True)
+                pred = predictor.predict(noisy, sigma, [cond])
+                loss = per_sample_loss(pred, family.target(x0, noise, sigma)).mean()
+                loss.backward()
+                loss.item()
+                ends.append(time.perf_counter())
+    return ends
+
+
+def child(case: str, impl: str, steps: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    host = _import_host()
+    demo = _build_model(host, CASES[case]["flux"])
+    with torch.inference_mode():  # the executor's conditions: encoder outputs and latents are inference tensors
+        cond = host.encode_caption(demo.clip, CAPTION)
+        latent = torch.randn(LATENT_SHAPE, generator=torch.Generator().manual_seed(SEED))
+    tokens = cond[0].shape[1]
+    setup_rss = _maxrss_mb()
+    runner = {"ours": _run_ours, "native": _run_native, "bare": _run_bare}[impl]
+    ends = runner(host, demo.model, latent, cond, steps)
+    if len(ends) != steps:
+        raise SystemExit(f"{impl}: expected {steps} step timestamps, got {len(ends)}")
+    # ends[i] closes step i+1; the steps after the warm-up have a full interval each.
+    durations = [(ends[i] - ends[i - 1]) * 1000 for i in range(WARMUP, steps)]
+    params = sum(p.numel() for p in demo.model.model.diffusion_model.parameters())
+    print(RESULT_PREFIX + json.dumps({
+        "case": case, "impl": impl, "step_ms": statistics.median(durations), "steps_ms": durations,
+        "peak_rss_mb": _maxrss_mb(), "setup_rss_mb": setup_rss, "text_tokens": tokens,
+        "model_params": params, "threads": torch.get_num_threads(), "torch": torch.__version__}), flush=True)
+
+
+# --- parent: every case and implementation, one process each ------------------------------
+
+def run_child(case: str, impl: str, steps: int) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--case", case, "--impl", impl, "--steps", str(steps)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
+        raise SystemExit(f"case {case}, impl {impl}: the child failed (exit {proc.returncode})")
+    return json.loads(lines[-1][len(RESULT_PREFIX):])
+
+
+def summarize(case: str, results: dict[str, dict]) -> dict:
+    ours, native, bare = (results[i] for i in IMPLS)
+    return {
+        "case": case,
+        "step_ms_ours": round(ours["step_ms"], 1),
+        "step_ms_native": round(native["step_ms"], 1),
+        "step_ms_bare": round(bare["step_ms"], 1),
+        "peak_rss_mb_ours": round(ours["peak_rss_mb"]),
+        "peak_rss_mb_native": round(native["peak_rss_mb"]),
+        "peak_rss_mb_bare": round(bare["peak_rss_mb"]),
+        "ours_over_bare": round(ours["step_ms"] / bare["step_ms"], 3),
+        "ours_over_native": round(ours["step_ms"] / native["step_ms"], 3),
+        "setup_rss_mb": round(min(r["setup_rss_mb"] for r in results.values())),
+        "model_params": ours["model_params"],
+        "text_tokens": ours["text_tokens"],
+        "steps_timed": len(ours["steps_ms"]),
+    }
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ("| case | params | ours ms | native ms | bare ms | ours/bare | ours/native | "
+            "peak RSS ours MB | peak RSS native MB | peak RSS bare MB | RSS before training MB |")
+    out = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for r in rows:
+        out.append(f"| {r['case']} | {r['model_params'] / 1e6:.1f} M | {r['step_ms_ours']:.1f} | "
+                   f"{r['step_ms_native']:.1f} | {r['step_ms_bare']:.1f} | {r['ours_over_bare']:.2f} | "
+                   f"{r['ours_over_native']:.2f} | {r['peak_rss_mb_ours']} | {r['peak_rss_mb_native']} | "
+                   f"{r['peak_rss_mb_bare']} | {r['setup_rss_mb']} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)}")
+    parser.add_argument("--steps", type=int, help=f"steps per run, {WARMUP} of them warm-up (default: per case)")
+    parser.add_argument("--case", choices=list(CASES), help=argparse.SUPPRESS)
+    parser.add_argument("--impl", choices=IMPLS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.steps is not None and args.steps < WARMUP + 2:
+        parser.error(f"--steps must be at least {WARMUP + 2}")
+    if args.impl:
+        child(args.case, args.impl, args.steps or CASES[args.case]["steps"])
+        return
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
+    rows = []
+    for case in cases:
+        steps = args.steps or CASES[case]["steps"]
+        results = {impl: run_child(case, impl, steps) for impl in IMPLS}
+        rows.append(summarize(case, results))
+        print(json.dumps(rows[-1]), flush=True)
+    if args.markdown:
+        print()
+        print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
