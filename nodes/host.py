@@ -311,6 +311,39 @@ def _flux_block_patch(block, checkpoint: bool):
     return patch
 
 
+_UNET_CHECKPOINTED = ("ResBlock", "SpatialTransformer")
+
+
+def _checkpointed_forward(module):
+    forward = type(module).forward.__get__(module)
+
+    def run(*args, **kwargs):
+        if torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return forward(*args, **kwargs)
+
+    return run
+
+
+def _unet_checkpointing(patcher):
+    """Per-block checkpointing for UNets, as a patcher injection: the blocks' `forward` is
+    replaced on the instances while this patcher is loaded and restored when it is unloaded
+    (ComfyUI's own checkpoint helper in the UNet is a no-op)."""
+    from comfy.patcher_extension import PatcherInjection
+
+    layers = [m for m in patcher.model.diffusion_model.modules() if type(m).__name__ in _UNET_CHECKPOINTED]
+
+    def inject(_):
+        for layer in layers:
+            layer.forward = _checkpointed_forward(layer)
+
+    def eject(_):
+        for layer in layers:
+            layer.__dict__.pop("forward", None)
+
+    patcher.set_injections("loralab_checkpointing", [PatcherInjection(inject=inject, eject=eject)])
+
+
 class TrainingModel:
     """The input MODEL prepared for training on a clone: adapters attached through a patcher
     injection, frozen weights wrapped, raw-output sampling, Flux block patches. Nothing touches
@@ -335,7 +368,7 @@ class TrainingModel:
                 for i, block in enumerate(blocks):
                     self.patcher.set_model_patch_replace(_flux_block_patch(block, checkpointing), "dit", kind, i)
         elif checkpointing:
-            log.info("LoRA Lab: gradient checkpointing is implemented for Flux only; UNet models train without it")
+            _unet_checkpointing(self.patcher)
         sampling = model.get_model_object("model_sampling")
         self.sigma_table = None if self.base == "flux" else sampling.sigmas.detach().float().clone()
         self.device = self.patcher.load_device
