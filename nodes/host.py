@@ -260,7 +260,7 @@ def _detached(weight):
     return weight.detach()
 
 
-def _freeze_base_weights(patcher) -> None:
+def _freeze_base_weights(patcher, root: str = "diffusion_model") -> None:
     """Frozen weights must be usable in backward without being trained: loader nodes make
     inference tensors (which autograd refuses to save), and ComfyUI parameters require grad.
     ComfyUI's cast layers get a weight wrapper that hands autograd a fresh detached copy; the few
@@ -268,9 +268,10 @@ def _freeze_base_weights(patcher) -> None:
     patcher is unloaded: the shared module itself is never changed."""
     from comfy.ops import CastWeightBiasOp
 
-    for module_path, module in patcher.model.diffusion_model.named_modules():
+    top = patcher.model.get_submodule(root)
+    for module_path, module in top.named_modules():
         for name, param in module.named_parameters(recurse=False):
-            key = f"diffusion_model.{module_path}.{name}"
+            key = ".".join(part for part in (root, module_path, name) if part)
             if isinstance(module, CastWeightBiasOp) and name in ("weight", "bias"):
                 patcher.add_weight_wrapper(key, _detached)
             else:
@@ -311,6 +312,57 @@ def _flux_block_patch(block, checkpoint: bool):
     return patch
 
 
+# Text encoders trained with the diffusion model, and the file prefixes kohya-format files use
+# for them (T5 training is out of scope).
+_TEXT_ENCODER_PREFIXES = {"sd15": {"clip_l": "lora_te_"}, "sdxl": {"clip_l": "lora_te1_", "clip_g": "lora_te2_"},
+                          "flux": {"clip_l": "lora_te1_"}}
+
+
+def text_encoder_targets(clip, base: str) -> dict[str, torch.nn.Module]:
+    """{file name prefix: Linear} for the CLIP text encoder layers (attention and MLP)."""
+    import comfy.lora
+
+    prefixes = _TEXT_ENCODER_PREFIXES[base]
+    names = {}
+    for lora_key, target in comfy.lora.model_lora_keys_clip(clip.cond_stage_model, {}).items():
+        encoder = target.split(".")[0] if isinstance(target, str) else None
+        if encoder in prefixes and lora_key.startswith(prefixes[encoder]):
+            names[target] = lora_key
+    targets = {}
+    for path, module in clip.cond_stage_model.named_modules():
+        if isinstance(module, torch.nn.Linear) and ".encoder.layers." in path and f"{path}.weight" in names:
+            targets[names[f"{path}.weight"]] = module
+    if not targets:
+        raise RuntimeError("ComfyUI's LoRA key map names no text-encoder layer of this CLIP: text-encoder training "
+                           "is not supported for it")
+    return targets
+
+
+class TrainingTextEncoder:
+    """A CLIP clone that encodes captions with gradients, its adapters attached the same
+    patcher-scoped way as the diffusion model's."""
+
+    def __init__(self, clip, network):
+        from comfy.patcher_extension import PatcherInjection
+
+        self.clip = clip.clone()
+        self.network = network
+        self.patcher = self.clip.patcher
+        self.patcher.set_injections("loralab_adapters", [PatcherInjection(
+            inject=lambda patcher: network.attach(), eject=lambda patcher: network.detach())])
+        _freeze_base_weights(self.patcher, root="")
+
+    def encode(self, caption: str):
+        # ComfyUI's CLIP layers add into their inputs in place (`x += …`): autograd keeps a copy
+        # of what it saves (a few activations of 77 tokens).
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t):
+            return self.clip.encode_from_tokens_scheduled(self.clip.tokenize(caption))[0]
+
+    def close(self) -> None:
+        self.network.detach()
+        _unload(self.patcher)
+
+
 _UNET_CHECKPOINTED = ("ResBlock", "SpatialTransformer")
 
 
@@ -349,7 +401,7 @@ class TrainingModel:
     injection, frozen weights wrapped, raw-output sampling, Flux block patches. Nothing touches
     the input MODEL's patcher, and `close()` (or leaving the `with` block) undoes it all."""
 
-    def __init__(self, model, network, checkpointing: bool, guidance: float | None):
+    def __init__(self, model, network, checkpointing: bool, guidance: float | None, text_encoder=None):
         from comfy.patcher_extension import PatcherInjection
 
         self.base = base_family(model)
@@ -372,17 +424,33 @@ class TrainingModel:
         sampling = model.get_model_object("model_sampling")
         self.sigma_table = None if self.base == "flux" else sampling.sigmas.detach().float().clone()
         self.device = self.patcher.load_device
+        self.text_encoder = text_encoder  # captions are then encoded every step, with gradients
 
     def _has_guidance(self) -> bool:
         return bool(getattr(self.patcher.model.diffusion_model.params, "guidance_embed", False))
 
+    @property
+    def _patchers(self) -> list:
+        return [self.patcher] + ([self.text_encoder.patcher] if self.text_encoder is not None else [])
+
+    def _ensure_loaded(self) -> None:
+        """Loads (and so patches and injects) every patcher that training uses, unless they are
+        all loaded already: loading another model (sampling, a text encoder) may evict one."""
+        import comfy.model_management as mm
+
+        loaded = {id(m.model) for m in mm.current_loaded_models}
+        if any(id(p) not in loaded or (p.injections and not p.is_injected) for p in self._patchers):
+            mm.load_models_gpu(self._patchers, force_full_load=True)
+
     def __enter__(self):
         import comfy.model_management as mm
 
-        mm.load_models_gpu([self.patcher], force_full_load=True)
+        mm.load_models_gpu(self._patchers, force_full_load=True)
         if self.network is not None:
             self.network.to(self.device)
-            self.network.attach()  # also attached on (re)injection; attach() is idempotent
+        if self.text_encoder is not None:
+            self.text_encoder.network.to(self.text_encoder.patcher.load_device)
+        self.reload()  # adapters attached (also on every re-injection; attach() is idempotent)
         return self
 
     def __exit__(self, *exc):
@@ -391,18 +459,25 @@ class TrainingModel:
     def close(self) -> None:
         if self.network is not None:
             self.network.detach()
+        if self.text_encoder is not None:
+            self.text_encoder.close()
         _unload(self.patcher)
 
     def reload(self) -> None:
         """Back on the device after another patcher of the same model (sampling) was loaded."""
         import comfy.model_management as mm
 
-        mm.load_models_gpu([self.patcher], force_full_load=True)
-        if self.network is not None:
-            self.network.attach()
+        mm.load_models_gpu(self._patchers, force_full_load=True)
+        for network in (self.network, self.text_encoder.network if self.text_encoder else None):
+            if network is not None:
+                network.attach()
 
     def predict(self, noisy, sigma, conds: list):
-        """Raw model output for a batch; `conds` holds one CONDITIONING entry per sample."""
+        """Raw model output for a batch; `conds` holds one CONDITIONING entry per sample, or its
+        caption when the text encoder is trained."""
+        self._ensure_loaded()
+        if self.text_encoder is not None:
+            conds = [self.text_encoder.encode(c) if isinstance(c, str) else c for c in conds]
         kwargs = self._model_kwargs(conds, noisy)
         return self.patcher.model.apply_model(noisy, sigma, transformer_options=self.patcher.model_options["transformer_options"],
                                               **kwargs)
@@ -531,12 +606,13 @@ class Progress:
             PromptServer.instance.send_progress_text(text, self.node_id)
 
 
-def apply_lora(model, tensors: dict, strength: float = 1.0):
-    """The MODEL with a LoRA applied exactly as the stock LoraLoader applies a file."""
+def apply_lora(model, tensors: dict, strength: float = 1.0, clip=None):
+    """The MODEL (and CLIP, when given) with a LoRA applied exactly as the stock LoraLoader
+    applies a file."""
     import comfy.sd
 
-    patched, _ = comfy.sd.load_lora_for_models(model, None, tensors, strength, 0)
-    return patched
+    patched, patched_clip = comfy.sd.load_lora_for_models(model, clip, tensors, strength, strength if clip else 0)
+    return patched if clip is None else (patched, patched_clip)
 
 
 def sampler_names() -> tuple[list[str], list[str]]:

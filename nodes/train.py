@@ -57,6 +57,8 @@ class Train(io.ComfyNode):
                                          tooltip="Per-step loss, learning rate and timestep of the run."),
                 io.Image.Output(display_name="images", tooltip="The sample images taken during training, in order "
                                                                "(the loss chart when no samples are configured)."),
+                io.Clip.Output(display_name="clip", tooltip="The CLIP with the trained text-encoder LoRA applied "
+                                                            "(the input CLIP when the text encoder was not trained)."),
             ],
             hidden=[io.Hidden.unique_id],
         )
@@ -73,7 +75,10 @@ class Train(io.ComfyNode):
             node_id=cls.hidden.unique_id)
         with torch.inference_mode(False):  # the executor runs nodes in inference mode; training needs autograd
             result = train_run.run(request)
-        trained = host.apply_lora(model, result.tensors)
+        if result.text_encoder_trained:
+            trained, trained_clip = host.apply_lora(model, result.tensors, clip=clip)
+        else:
+            trained, trained_clip = host.apply_lora(model, result.tensors), clip
         summary = f"saved {result.lora_path.name}; final loss {result.history[-1]['loss']:.4f}"
         return io.NodeOutput(trained, str(result.lora_path), result.history, train_run.output_images(result),
-                             ui={"text": [summary], "lora_path": [str(result.lora_path)]})
+                             trained_clip, ui={"text": [summary], "lora_path": [str(result.lora_path)]})

@@ -75,21 +75,25 @@ class Optimizer(io.ComfyNode):
                 io.Float.Input("scale_weight_norms", default=0.0, min=0.0, max=100.0, step=0.1,
                                tooltip="kohya's max-norm regularisation of the adapter (0 = off)."),
                 io.Boolean.Input("gradient_checkpointing", default=True,
-                                 tooltip="Recompute activations in backward to save memory (Flux)."),
+                                 tooltip="Recompute activations in backward to save memory."),
+                io.Float.Input("text_encoder_lr", default=0.0, min=0.0, max=10.0, step=1e-5,
+                               tooltip="Learning rate of the CLIP text encoder(s) (0 = not trained; kohya guides use "
+                                       "5e-4 on SD1.5). T5 is never trained."),
             ],
             outputs=[types.OptimizerConfig.Output(display_name="optimizer", tooltip="Optimizer settings for LoRA Lab Train.")],
         )
 
     @classmethod
     def execute(cls, optimizer, optimizer_args, scheduler, warmup_steps, num_cycles, batch_size,
-                gradient_accumulation, max_grad_norm, scale_weight_norms, gradient_checkpointing) -> io.NodeOutput:
+                gradient_accumulation, max_grad_norm, scale_weight_norms, gradient_checkpointing,
+                text_encoder_lr=0.0) -> io.NodeOutput:
         try:
             parse_optimizer_args(optimizer_args)
         except ValueError as error:
             raise ValueError(f"optimizer_args: {error}") from None
         return io.NodeOutput(OptimizerSettings(optimizer, optimizer_args, scheduler, warmup_steps, num_cycles,
                                                batch_size, gradient_accumulation, max_grad_norm, scale_weight_norms,
-                                               gradient_checkpointing))
+                                               gradient_checkpointing, text_encoder_lr))
 
 
 class Objective(io.ComfyNode):

@@ -17,7 +17,7 @@ from ..training.loop import LoopConfig, NonFiniteLoss, Sample, StepRecord, Train
 from ..training.loss_chart import render as render_loss_chart
 from ..training.loss_chart import smoothed
 from ..training.masked_loss import pool_to_latent
-from ..training.network import LYCORIS_ALGO, NETWORK_MODULE, AdapterNetwork
+from ..training.network import LYCORIS_ALGO, NETWORK_MODULE, AdapterNetwork, AdapterSet, NetworkConfig
 from ..training.optimizers import build_optimizer
 from ..training.schedulers import build_scheduler
 from ..training.settings import NetworkSettings, ObjectiveSettings, OptimizerSettings, SampleSettings, SaveSettings
@@ -35,6 +35,7 @@ class RunResult:
     history: list[dict]
     saved: list[str] = field(default_factory=list)
     samples: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (step, images)
+    text_encoder_trained: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,10 @@ def _crop_to_multiple(image: torch.Tensor, multiple: int = 16) -> torch.Tensor:
     return image[top:top + nh, left:left + nw]
 
 
-def encode_samples(req: RunRequest) -> list[Sample]:
+def encode_samples(req: RunRequest, cache_captions: bool = True) -> list[Sample]:
     """Latents through the given VAE (then the model's latent scaling), captions through the CLIP
-    once per distinct caption, masks pooled to the latent grid."""
+    once per distinct caption (kept as text when the text encoder trains: encoded every step),
+    masks pooled to the latent grid."""
     if req.clip is None and any(s.caption for s in req.dataset.samples):
         raise ValueError("clip: the dataset has captions but no CLIP is connected")
     cache: dict[str, object] = {}
@@ -79,9 +81,10 @@ def encode_samples(req: RunRequest) -> list[Sample]:
         if item.mask is not None:
             mask = _crop_to_multiple(item.mask.unsqueeze(-1))[..., 0]
             weight = pool_to_latent(mask[None, None], tuple(latent.shape[-2:]))[0]
-        if item.caption not in cache:
+        if cache_captions and item.caption not in cache:
             cache[item.caption] = host.encode_caption(req.clip, item.caption)
-        samples.append(Sample(latent=latent, weight=weight, cond=cache[item.caption], repeats=item.repeats))
+        cond = cache[item.caption] if cache_captions else item.caption
+        samples.append(Sample(latent=latent, weight=weight, cond=cond, repeats=item.repeats))
     return samples
 
 
@@ -107,7 +110,7 @@ def _progress_text(record: StepRecord, total: int, losses: list[float], started:
 class _Saver:
     """Writes the adapter (final, periodic, interrupted) under the loras folder, atomically."""
 
-    def __init__(self, req: RunRequest, base: str, network: AdapterNetwork):
+    def __init__(self, req: RunRequest, base: str, network: AdapterSet):
         self.req, self.base, self.network = req, base, network
         self.name = lora_file.check_output_name(req.output_name)
         self.folder = host.loras_folder() / lora_file.check_subfolder(req.save.subfolder)
@@ -123,7 +126,8 @@ class _Saver:
             base=self.base, output_name=self.name, network_module=NETWORK_MODULE[cfg.algorithm], rank=cfg.rank,
             alpha=cfg.alpha, network_args=_network_args(req), steps=step, epoch=epoch,
             learning_rate=req.learning_rate, optimizer=req.optimizer.optimizer, resolution=resolution,
-            seed=req.seed, clip_skip=host.clip_skip(req.clip) if req.clip is not None else None))
+            seed=req.seed, clip_skip=host.clip_skip(req.clip) if req.clip is not None else None,
+            text_encoder_lr=req.optimizer.text_encoder_lr))
 
     def write(self, path: Path, step: int, epoch: int, resolution: str, overwrite: bool) -> dict:
         dtype = lora_file.SAVE_DTYPES[self.req.save.precision]
@@ -156,7 +160,8 @@ def fingerprint(req: RunRequest, trainer: Trainer) -> dict:
             "algorithm": net.network.algorithm, "rank": net.network.rank, "alpha": net.network.alpha,
             "conv_rank": net.network.conv_rank, "preset": net.preset, "optimizer": opt.optimizer,
             "optimizer_args": opt.optimizer_args, "scheduler": opt.scheduler, "batch_size": opt.batch_size,
-            "grad_accum": opt.grad_accum, "samples": [list(s.latent.shape) + [s.repeats] for s in trainer.samples]}
+            "grad_accum": opt.grad_accum, "text_encoder_lr": opt.text_encoder_lr,
+            "samples": [list(s.latent.shape) + [s.repeats] for s in trainer.samples]}
 
 
 def run(req: RunRequest) -> RunResult:
@@ -173,14 +178,11 @@ def run(req: RunRequest) -> RunResult:
         reduction=obj.reduction, huber_delta=obj.huber_delta, unmasked_weight=obj.unmasked_weight, snr=obj.snr,
         flow_timesteps=obj.flow_timesteps, noise_offset=obj.noise_offset)
     loop_config.validate(family)  # before any encoding: a wrong option fails fast
-    network = AdapterNetwork(host.target_modules(req.model, req.network.preset), req.network.network, seed=req.seed)
-    if req.network.continue_from:
-        network.load_file_state_dict(lora_file.read_lora(host.find_lora(req.network.continue_from)),
-                                     req.network.continue_from)
-    saver = _Saver(req, base, network)
+    networks, text_encoder = build_networks(req, base)
+    saver = _Saver(req, base, networks)
     if req.samples is not None and req.clip is None:
         raise ValueError("clip: sample images need the CLIP to encode their prompts")
-    samples = encode_samples(req)
+    samples = encode_samples(req, cache_captions=text_encoder is None)
     resolution = ",".join(f"{s.latent.shape[-1] * 8}x{s.latent.shape[-2] * 8}" for s in samples[:1])
     history: list[dict] = []
     saved: list[str] = []
@@ -190,17 +192,18 @@ def run(req: RunRequest) -> RunResult:
 
     def take_samples(step: int, model) -> None:
         prompts = req.samples.resolved_prompts(req.dataset.trigger)
-        taken.append((step, host.sample_images(req.model, network, req.clip, req.vae, prompts, req.samples)))
+        clip = text_encoder.clip if text_encoder is not None else req.clip  # the trained one, adapters attached
+        taken.append((step, host.sample_images(req.model, networks["unet"], clip, req.vae, prompts, req.samples)))
         model.reload()
 
-    with host.TrainingModel(req.model, network, opt.gradient_checkpointing, obj.training_guidance) as model:
-        optimizer = build_optimizer(opt.optimizer, [{"params": list(network.parameters()), "lr": req.learning_rate}],
-                                    req.learning_rate, opt.optimizer_args)
+    with host.TrainingModel(req.model, networks["unet"], opt.gradient_checkpointing, obj.training_guidance,
+                            text_encoder) as model:
+        optimizer = build_optimizer(opt.optimizer, _param_groups(networks, req), req.learning_rate, opt.optimizer_args)
         scheduler = build_scheduler(opt.scheduler, optimizer, req.steps, opt.warmup_steps, opt.num_cycles)
-        trainer = Trainer(model, list(network.parameters()), samples, loop_config, optimizer, scheduler, network)
+        trainer = Trainer(model, list(networks.parameters()), samples, loop_config, optimizer, scheduler, networks)
         start_step = 0
         if req.save.resume_from:
-            start_step = load_state(host.find_state_file(req.save.resume_from), network, optimizer, scheduler,
+            start_step = load_state(host.find_state_file(req.save.resume_from), networks, optimizer, scheduler,
                                     fingerprint(req, trainer))
             progress.update(start_step)
         if req.samples is not None and req.samples.at_start:
@@ -248,7 +251,36 @@ def run(req: RunRequest) -> RunResult:
         epoch = history[-1]["epoch"] if history else 0
         tensors = saver.write(saver.final, outcome.step, epoch, resolution, overwrite=req.save.overwrite)
     saved.append(str(saver.final))
-    return RunResult(lora_path=saver.final, tensors=tensors, history=history, saved=saved, samples=taken)
+    return RunResult(lora_path=saver.final, tensors=tensors, history=history, saved=saved, samples=taken,
+                     text_encoder_trained=text_encoder is not None)
+
+
+def build_networks(req: RunRequest, base: str):
+    """The diffusion model's adapter network, and the text encoder's (with the CLIP clone that
+    trains it) when a text-encoder learning rate is set."""
+    settings = req.network
+    networks = AdapterSet({"unet": AdapterNetwork(host.target_modules(req.model, settings.preset), settings.network,
+                                                  seed=req.seed)})
+    text_encoder = None
+    if req.optimizer.text_encoder_lr > 0:
+        if req.clip is None:
+            raise ValueError("clip: text-encoder training (text_encoder_lr > 0) needs the CLIP connected")
+        te_config = NetworkConfig(settings.network.algorithm, settings.network.rank, settings.network.alpha,
+                                  dropout=settings.network.dropout)
+        networks["te"] = AdapterNetwork(host.text_encoder_targets(req.clip, base), te_config, seed=req.seed + 1)
+        text_encoder = host.TrainingTextEncoder(req.clip, networks["te"])
+    if settings.continue_from:
+        tensors = lora_file.read_lora(host.find_lora(settings.continue_from))
+        for network in networks.values():
+            network.load_file_state_dict(tensors, settings.continue_from)
+    return networks, text_encoder
+
+
+def _param_groups(networks: AdapterSet, req: RunRequest) -> list[dict]:
+    groups = [{"params": list(networks["unet"].parameters()), "lr": req.learning_rate}]
+    if "te" in networks:
+        groups.append({"params": list(networks["te"].parameters()), "lr": req.optimizer.text_encoder_lr})
+    return groups
 
 
 def _to_pil(image: torch.Tensor):

@@ -65,6 +65,7 @@ class TrainingFacts:
     seed: int
     clip_skip: int | None = None
     tag_frequency: dict | None = None
+    text_encoder_lr: float = 0.0  # 0: text encoder not trained
 
 
 def build_metadata(facts: TrainingFacts) -> dict[str, str]:
@@ -95,6 +96,9 @@ def build_metadata(facts: TrainingFacts) -> dict[str, str]:
     }
     if facts.clip_skip is not None:
         meta["ss_clip_skip"] = str(facts.clip_skip)
+    meta["ss_unet_lr"] = str(facts.learning_rate)
+    meta["ss_text_encoder_lr"] = str(facts.text_encoder_lr)
+    meta["ss_network_train_unet_only"] = str(facts.text_encoder_lr == 0)
     return meta
 
 

@@ -150,3 +150,17 @@ class AdapterNetwork(nn.Module):
             was_scaled, _ = adapter.apply_max_norm(max_norm)
             scaled += int(bool(was_scaled))
         return scaled
+
+
+class AdapterSet(nn.ModuleDict):
+    """The networks of one run (the diffusion model's, and the text encoder's when it is
+    trained), saved together in one file and one training state."""
+
+    def file_state_dict(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+        out = {}
+        for network in self.values():
+            out.update(network.file_state_dict(dtype))
+        return out
+
+    def apply_max_norm(self, max_norm: float) -> int:
+        return sum(network.apply_max_norm(max_norm) for network in self.values())

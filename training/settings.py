@@ -35,6 +35,7 @@ class OptimizerSettings:
     max_grad_norm: float = 1.0
     scale_weight_norms: float = 0.0
     gradient_checkpointing: bool = True
+    text_encoder_lr: float = 0.0  # 0: the text encoder stays frozen (its encodings are cached)
 
 
 @dataclass(frozen=True)

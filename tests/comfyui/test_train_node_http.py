@@ -180,3 +180,28 @@ def test_loss_chart_node_draws_the_history(server):
     with Image.open(server.base / "output" / f["subfolder"] / f["filename"]) as image:
         assert image.size == (300, 150)
         assert len(set(image.getdata())) > 3  # something was drawn on the background
+
+
+def test_text_encoder_training_with_8bit_optimizer_and_usable_clip_output(server):
+    from labtest.workflows import OPTIMIZER_DEFAULTS
+
+    optimizer = {**OPTIMIZER_DEFAULTS, "optimizer": "AdamW8bit", "optimizer_args": "weight_decay=0.1 betas=0.9,0.99",
+                 "scheduler": "cosine", "warmup_steps": 1, "text_encoder_lr": 5e-3}
+    prompt = training_prompt("SD1.5", unique("te"), steps=4, optimizer=optimizer)
+    for node_id, clip in (("30", ["1", 1]), ("31", ["5", 4])):  # input CLIP vs the Train node's clip output
+        prompt[node_id] = {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": "sks"}}
+    prompt["32"] = {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["30", 0],
+                                                                    "conditioning_2": ["31", 0]}}
+    prompt["33"] = {"class_type": "KSampler", "inputs": {"model": ["5", 0], "positive": ["32", 0],
+                                                         "negative": ["30", 0], "latent_image": ["34", 0], "seed": 1,
+                                                         "steps": 1, "cfg": 1.0, "sampler_name": "euler",
+                                                         "scheduler": "normal", "denoise": 1.0}}
+    prompt["34"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    prompt["35"] = {"class_type": "PreviewImage", "inputs": {"images": ["36", 0]}}
+    prompt["36"] = {"class_type": "VAEDecode", "inputs": {"samples": ["33", 0], "vae": ["1", 2]}}
+    entry = server.run(prompt)
+    assert execution_error(entry) is None, execution_error(entry)
+    path = server.base / "models" / "loras" / "loralab" / f"{prompt['5']['inputs']['output_name']}.safetensors"
+    meta = metadata(path)
+    assert meta["ss_text_encoder_lr"] == "0.005" and meta["ss_network_train_unet_only"] == "False"
+    assert meta["ss_optimizer"] == "AdamW8bit"

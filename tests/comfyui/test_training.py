@@ -188,3 +188,72 @@ def test_adapter_gradients_match_finite_differences(host, loras_dir, family, che
             minus = loss().item()
     numeric = (plus - minus) / (2 * eps)
     assert abs(analytic - numeric) <= 1e-4 * abs(numeric), (analytic, numeric)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_text_encoder_training_saves_loadable_te_weights_and_leaves_input_clip_alone(host, comfy_nodes, loras_dir,
+                                                                                       family, caplog):
+    import comfy.sd
+    import comfy.utils
+
+    from comfyui_lora_lab.training.settings import OptimizerSettings
+
+    demo = build_in_executor_mode(host, family)
+
+    def encode(clip):  # Flux's CLIP-L only reaches the pooled output (the tokens come from T5)
+        cond, extra = comfy_nodes.CLIPTextEncode().encode(clip, "a photo of sks")[0][0]
+        return torch.cat([cond.flatten(), extra["pooled_output"].flatten()])
+
+    before = encode(demo.clip)
+    result = train(make_request(demo, one_image_dataset(), steps=8,
+                                optimizer=OptimizerSettings(text_encoder_lr=5e-3)))
+    assert torch.equal(before, encode(demo.clip))  # the input CLIP is untouched
+    te_keys = [k for k in result.tensors if k.startswith("lora_te")]
+    prefix = {"SD1.5": "lora_te_", "SDXL": "lora_te2_", "Flux": "lora_te1_"}[family]
+    assert any(k.startswith(prefix) for k in te_keys)
+    assert any(result.tensors[k].abs().sum() > 0 for k in te_keys if "lora_up" in k)  # it was trained
+    caplog.set_level(logging.WARNING)
+    tensors = comfy.utils.load_torch_file(str(result.lora_path), safe_load=True)
+    _, loaded_clip = comfy.sd.load_lora_for_models(demo.model, demo.clip, tensors, 1.0, 1.0)
+    assert not [r for r in caplog.records if "lora key not loaded" in r.getMessage()]
+    assert not torch.allclose(before, encode(loaded_clip))  # the file changes what the CLIP encodes
+
+
+@pytest.mark.parametrize("algorithm", ["LoRA", "LoHa", "LoKr"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_text_encoder_adapter_file_loads_as_trained(host, comfy_nodes, family, algorithm, caplog, tmp_path):
+    import comfy.sd
+    import comfy.utils
+
+    from comfyui_lora_lab.training import lora_file
+    from comfyui_lora_lab.training.network import AdapterNetwork, NetworkConfig
+
+    demo = build_in_executor_mode(host, family)
+    base = {"Flux": "flux", "SD1.5": "sd15", "SDXL": "sdxl"}[family]
+    network = AdapterNetwork(host.text_encoder_targets(demo.clip, base), NetworkConfig(algorithm, 4, 2.0), seed=2)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in network.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    path = lora_file.write_atomic(tmp_path / "te.safetensors", network.file_state_dict(torch.float32), {})
+
+    def encode(clip):
+        cond, extra = comfy_nodes.CLIPTextEncode().encode(clip, "a photo of sks")[0][0]
+        return torch.cat([cond.flatten(), extra["pooled_output"].flatten()])
+
+    base_out = encode(demo.clip)
+    encoder = host.TrainingTextEncoder(demo.clip, network)
+    try:
+        with torch.inference_mode(False), torch.no_grad():
+            cond, extra = encoder.encode("a photo of sks")
+            trained = torch.cat([cond.flatten(), extra["pooled_output"].flatten()])
+    finally:
+        encoder.close()
+    caplog.set_level(logging.WARNING)
+    _, loaded_clip = comfy.sd.load_lora_for_models(demo.model, demo.clip,
+                                                   comfy.utils.load_torch_file(str(path), safe_load=True), 1.0, 1.0)
+    assert not [r for r in caplog.records if "lora key not loaded" in r.getMessage()]
+    loaded = encode(loaded_clip)
+    assert (trained - base_out).norm() / base_out.norm() > 1e-2
+    assert (loaded - trained).norm() / (trained - base_out).norm() < 1e-3
+    assert torch.equal(base_out, encode(demo.clip))

@@ -19,7 +19,8 @@ def demo_sampling_prompt(family: str, weight_dtype: str = "fp32", size: int = 64
 
 def training_prompt(family: str, output_name: str, steps: int = 10, save: dict | None = None,
                     network: dict | None = None, objective: dict | None = None, with_clip: bool = True,
-                    captions: str = "a photo", size: int = 64, samples: dict | None = None) -> dict:
+                    captions: str = "a photo", size: int = 64, samples: dict | None = None,
+                    optimizer: dict | None = None) -> dict:
     """Demo Model + a solid image with a square mask -> Dataset From Images -> LoRA Lab Train."""
     prompt = {
         "1": {"class_type": "LoRALabDemoModel", "inputs": {"family": family, "weight_dtype": "fp32", "seed": 0}},
@@ -37,7 +38,8 @@ def training_prompt(family: str, output_name: str, steps: int = 10, save: dict |
     for node_id, class_type, values, socket in (("6", "LoRALabSave", save, "save"),
                                                 ("7", "LoRALabNetwork", network, "network"),
                                                 ("8", "LoRALabObjective", objective, "objective"),
-                                                ("9", "LoRALabSamples", samples, "samples")):
+                                                ("9", "LoRALabSamples", samples, "samples"),
+                                                ("20", "LoRALabOptimizer", optimizer, "optimizer")):
         if values is not None:
             prompt[node_id] = {"class_type": class_type, "inputs": values}
             prompt["5"]["inputs"][socket] = [node_id, 0]
@@ -54,3 +56,6 @@ OBJECTIVE_DEFAULTS = {"loss": "mse", "huber_delta": 1.0, "mask_reduction": "norm
 SAMPLES_DEFAULTS = {"prompts": "{trigger}\n{trigger} in a garden", "negative": "", "sampler": "euler",
                     "scheduler": "simple", "steps": 2, "cfg": 1.0, "guidance": 3.5, "seed": 42, "width": 64,
                     "height": 64, "every_n_steps": 0, "sample_at_start": True}
+OPTIMIZER_DEFAULTS = {"optimizer": "AdamW", "optimizer_args": "", "scheduler": "constant", "warmup_steps": 0,
+                      "num_cycles": 1, "batch_size": 1, "gradient_accumulation": 1, "max_grad_norm": 1.0,
+                      "scale_weight_norms": 0.0, "gradient_checkpointing": True, "text_encoder_lr": 0.0}
