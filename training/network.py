@@ -17,11 +17,14 @@ from torch import nn
 
 from .optional_deps import import_optional
 
-# name -> lycoris module class name; all of them are additive in bypass mode.
-ALGORITHMS = {"LoRA": "LoConModule", "LoCon": "LoConModule", "LoHa": "LohaModule", "LoKr": "LokrModule"}
+# name -> lycoris module class name; each one's bypass form is the base output plus a difference.
+# Diag-OFT keeps lycoris' defaults of no constraint and no rescale: the only form ComfyUI's
+# stock loader applies correctly.
+ALGORITHMS = {"LoRA": "LoConModule", "LoCon": "LoConModule", "LoHa": "LohaModule", "LoKr": "LokrModule",
+              "GLoRA": "GLoRAModule", "Diag-OFT": "DiagOFTModule"}
 # ss_network_module / ss_network_args that kohya-compatible tools read from the metadata.
-NETWORK_MODULE = {"LoRA": "networks.lora", "LoCon": "lycoris.kohya", "LoHa": "lycoris.kohya", "LoKr": "lycoris.kohya"}
-LYCORIS_ALGO = {"LoCon": "locon", "LoHa": "loha", "LoKr": "lokr"}
+NETWORK_MODULE = {name: "lycoris.kohya" for name in ALGORITHMS} | {"LoRA": "networks.lora"}
+LYCORIS_ALGO = {"LoCon": "locon", "LoHa": "loha", "LoKr": "lokr", "GLoRA": "glora", "Diag-OFT": "diag-oft"}
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,36 @@ def _add_adapter_output(adapter, module, args, output):
     return output + adapter.bypass_forward_diff(args[0], scale=adapter.multiplier).to(output.dtype)
 
 
+def _bias(module: nn.Module, output: torch.Tensor) -> torch.Tensor | None:
+    """The layer's bias shaped to broadcast over its output (a fresh copy: autograd may save it)."""
+    if getattr(module, "bias", None) is None:
+        return None
+    bias = module.bias.detach().clone().to(output)
+    return bias.view(-1, *([1] * (output.ndim - 2))) if isinstance(module, nn.Conv2d) else bias
+
+
+def _add_glora_output(adapter, module, args, output):
+    # lycoris' GLoRA difference runs the base layer on A(x) and so adds the bias a second time;
+    # ComfyUI's loader merges W + W·A + B, which leaves the bias as it was.
+    diff = adapter.bypass_forward_diff(args[0], scale=adapter.multiplier).to(output.dtype)
+    bias = _bias(module, output)
+    return output + (diff if bias is None else diff - bias)
+
+
+def _add_oft_output(adapter, module, args, output):
+    # lycoris rotates the whole output, bias included; ComfyUI's loader rotates the weight only.
+    diff = adapter.bypass_forward_diff(args[0], scale=adapter.multiplier).to(output.dtype)
+    bias = _bias(module, output)
+    if bias is None:
+        return output + diff
+    flat = bias.reshape(adapter.block_num, adapter.block_size).float()
+    rotated = torch.einsum("k n m, k n -> k m", adapter.get_r().to(flat), flat).reshape(bias.shape).to(output)
+    return output + diff - (rotated - bias)
+
+
+_HOOKS = {"GLoRA": _add_glora_output, "Diag-OFT": _add_oft_output}
+
+
 class AdapterNetwork(nn.Module):
     """One lycoris module per target layer, keyed by its file name prefix (e.g. `lora_unet_…`)."""
 
@@ -95,8 +128,9 @@ class AdapterNetwork(nn.Module):
     def attach(self) -> None:
         if self._handles:
             return
+        hook = _HOOKS.get(self.config.algorithm, _add_adapter_output)
         for name, adapter in self.adapters.items():
-            self._handles.append(self._targets[name].register_forward_hook(partial(_add_adapter_output, adapter)))
+            self._handles.append(self._targets[name].register_forward_hook(partial(hook, adapter)))
 
     def detach(self) -> None:
         for handle in self._handles:

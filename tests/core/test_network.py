@@ -333,6 +333,9 @@ def test_same_seed_same_initial_weights_other_seed_other_weights(algorithm):
     assert one.keys() == two.keys() == other.keys()
     assert all(torch.equal(one[k], two[k]) for k in one)
     random_keys = [k for k in one if one[k].ndim >= 2 and one[k].abs().sum() > 0]
+    if algorithm == "Diag-OFT":  # starts as the identity rotation: nothing random to compare
+        assert not random_keys
+        return
     assert random_keys, "no randomly initialised tensor"
     assert all(not torch.equal(one[k], other[k]) for k in random_keys)
 
