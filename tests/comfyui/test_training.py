@@ -257,3 +257,27 @@ def test_text_encoder_adapter_file_loads_as_trained(host, comfy_nodes, family, a
     assert (trained - base_out).norm() / base_out.norm() > 1e-2
     assert (loaded - trained).norm() / (trained - base_out).norm() < 1e-3
     assert torch.equal(base_out, encode(demo.clip))
+
+
+def test_unsupported_model_family_is_named(host, comfy_nodes, loras_dir):
+    import comfy.supported_models
+
+    demo = build_in_executor_mode(host, "SD1.5")
+    other = demo.model.clone()
+    other.model = type("SD3Model", (), {"model_config": comfy.supported_models.SD3.__new__(comfy.supported_models.SD3)})()
+    with pytest.raises(ValueError, match="unsupported model family SD3"):
+        train(make_request(demo, one_image_dataset(), steps=2, model=other))
+
+
+def test_non_finite_loss_stops_and_names_the_step(host, loras_dir):
+    from comfyui_lora_lab.training.dataset import Dataset, DatasetSample
+    from comfyui_lora_lab.training.settings import SaveSettings
+
+    demo = build_in_executor_mode(host, "SD1.5")
+    image = pattern_image()
+    image[10, 10, 0] = float("nan")
+    dataset = Dataset(samples=(DatasetSample(image=image, caption="sks", concept="sks"),))
+    with pytest.raises(ValueError, match="the loss became nan at step 1") as error:
+        train(make_request(demo, dataset, steps=4, save=SaveSettings(every_n_steps=1, precision="fp32")))
+    assert "Last good checkpoint: none was saved yet" in str(error.value)
+    assert not list(loras_dir.rglob("*.safetensors"))
