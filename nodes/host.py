@@ -160,7 +160,7 @@ def build_demo_model(family: str, weight_dtype: str = "fp32", seed: int = 0) -> 
 _BASE_FAMILIES = {"Flux": "flux", "FluxSchnell": "flux", "SDXL": "sdxl", "SD15": "sd15"}
 
 # Which layers a preset adapts: per base, the block classes searched and, per preset, a filter on
-# the layer's path inside its block (None: every Linear/Conv in the block).
+# (block class, the layer's path inside the block) over the block's Linear/Conv2d layers.
 _BLOCKS = {
     "flux": ("DoubleStreamBlock", "SingleStreamBlock"),
     "sdxl": ("SpatialTransformer", "ResBlock", "Downsample", "Upsample"),
@@ -179,7 +179,6 @@ _PRESETS = {
         "all": lambda block, path: True,
     },
 }
-TARGET_PRESETS = ("attention", "attention+mlp", "all")
 
 
 def base_family(patcher) -> str:
@@ -221,9 +220,10 @@ def _lora_names(patcher, base: str) -> dict[str, str]:
 def target_modules(patcher, preset: str) -> dict[str, torch.nn.Module]:
     """{file name prefix: layer} for the preset, every name loadable by the stock LoraLoader."""
     base = base_family(patcher)
-    if preset not in TARGET_PRESETS:
-        raise ValueError(f"target preset must be one of {', '.join(TARGET_PRESETS)}, not {preset!r}")
-    wanted = _PRESETS["flux" if base == "flux" else "unet"][preset]
+    presets = _PRESETS["flux" if base == "flux" else "unet"]
+    if preset not in presets:
+        raise ValueError(f"target preset must be one of {', '.join(presets)}, not {preset!r}")
+    wanted = presets[preset]
     names = _lora_names(patcher, base)
     targets = {}
     for block_path, block in patcher.model.diffusion_model.named_modules():
@@ -278,6 +278,21 @@ def _freeze_base_weights(patcher, root: str = "diffusion_model") -> None:
                 patcher.add_object_patch(key, torch.nn.Parameter(param.detach().clone(), requires_grad=False))
 
 
+def _attach_with(patcher, network) -> None:
+    """Adapters attached while `patcher` is loaded (injected), detached when it is unloaded:
+    scoped to this patcher, never to the shared module's other users."""
+    from comfy.patcher_extension import PatcherInjection
+
+    patcher.set_injections("loralab_adapters", [PatcherInjection(
+        inject=lambda _: network.attach(), eject=lambda _: network.detach())])
+
+
+def _copies_of_saved_tensors():
+    """Autograd keeps its own copy of every tensor it saves, so ComfyUI blocks that add into
+    their inputs in place (`x += …`) cannot invalidate them."""
+    return torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t)
+
+
 def _flux_block(block, args: dict) -> dict:
     common = dict(vec=args["vec"], pe=args["pe"], attn_mask=args.get("attn_mask"),
                   transformer_options=args.get("transformer_options"))
@@ -305,7 +320,7 @@ def _flux_block_patch(block, checkpoint: bool):
         if checkpoint and torch.is_grad_enabled():
             outs = torch.utils.checkpoint.checkpoint(run, *values, use_reentrant=False)
         else:
-            with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t):
+            with _copies_of_saved_tensors():
                 outs = run(*values)
         return dict(zip(out_keys, outs))
 
@@ -343,19 +358,16 @@ class TrainingTextEncoder:
     patcher-scoped way as the diffusion model's."""
 
     def __init__(self, clip, network):
-        from comfy.patcher_extension import PatcherInjection
-
         self.clip = clip.clone()
         self.network = network
         self.patcher = self.clip.patcher
-        self.patcher.set_injections("loralab_adapters", [PatcherInjection(
-            inject=lambda patcher: network.attach(), eject=lambda patcher: network.detach())])
+        _attach_with(self.patcher, network)
         _freeze_base_weights(self.patcher, root="")
 
     def encode(self, caption: str):
         # ComfyUI's CLIP layers add into their inputs in place (`x += …`): autograd keeps a copy
         # of what it saves (a few activations of 77 tokens).
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t):
+        with _copies_of_saved_tensors():
             return self.clip.encode_from_tokens_scheduled(self.clip.tokenize(caption))[0]
 
     def close(self) -> None:
@@ -402,16 +414,13 @@ class TrainingModel:
     the input MODEL's patcher, and `close()` (or leaving the `with` block) undoes it all."""
 
     def __init__(self, model, network, checkpointing: bool, guidance: float | None, text_encoder=None):
-        from comfy.patcher_extension import PatcherInjection
-
         self.base = base_family(model)
         self.family = prediction_family(model)
         self.patcher = model.clone()
         self.network = network
         self.guidance = guidance if self.base == "flux" and self._has_guidance() else None
         if network is not None:  # None: the model as it is (evaluation, comparisons)
-            self.patcher.set_injections("loralab_adapters", [PatcherInjection(
-                inject=lambda patcher: network.attach(), eject=lambda patcher: network.detach())])
+            _attach_with(self.patcher, network)
         self.patcher.add_object_patch("model_sampling", _raw_output_sampling(model.get_model_object("model_sampling")))
         _freeze_base_weights(self.patcher)
         if self.base == "flux":
@@ -626,12 +635,10 @@ def sample_images(model, network, clip, vae, prompts: list[str], settings) -> to
     in training (a separate clone, so training's raw-output patch does not apply)."""
     import comfy.sample
     import node_helpers
-    from comfy.patcher_extension import PatcherInjection
 
     patcher = model.clone()
     if network is not None:
-        patcher.set_injections("loralab_adapters", [PatcherInjection(
-            inject=lambda p: network.attach(), eject=lambda p: network.detach())])
+        _attach_with(patcher, network)
     channels = model.get_model_object("latent_format").latent_channels
     latent = torch.zeros(1, channels, settings.height // 8, settings.width // 8)
     negative = encode_caption(clip, settings.negative)

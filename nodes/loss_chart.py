@@ -1,10 +1,8 @@
 """LoRALab Loss Chart: a finished run's loss history as an IMAGE, to save or share."""
 
-import numpy as np
-import torch
 from comfy_api.latest import io
 
-from ..training.loss_chart import render
+from ..training.loss_chart import as_image_batch, render
 from . import types
 
 
@@ -26,4 +24,4 @@ class LossChart(io.ComfyNode):
     @classmethod
     def execute(cls, loss_history, width, height, log_scale) -> io.NodeOutput:
         chart = render([h["loss"] for h in loss_history], width=width, height=height, log_scale=log_scale)
-        return io.NodeOutput(torch.from_numpy(np.asarray(chart)).float().div(255).unsqueeze(0))
+        return io.NodeOutput(as_image_batch(chart))

@@ -8,12 +8,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..training import lora_file
 from ..training.dataset import Dataset
 from ..training.loop import LoopConfig, NonFiniteLoss, Sample, StepRecord, Trainer
+from ..training.loss_chart import as_image_batch
 from ..training.loss_chart import render as render_loss_chart
 from ..training.loss_chart import smoothed
 from ..training.masked_loss import pool_to_latent
@@ -293,5 +293,4 @@ def output_images(result: RunResult) -> torch.Tensor:
     """The samples in the order taken, or the loss chart when there are none (IMAGE layout)."""
     if result.samples:
         return torch.cat([images for _, images in result.samples])
-    chart = render_loss_chart([h["loss"] for h in result.history])
-    return torch.from_numpy(np.asarray(chart)).float().div(255).unsqueeze(0)  # IMAGE: (1,H,W,3) in [0,1]
+    return as_image_batch(render_loss_chart([h["loss"] for h in result.history]))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 
@@ -51,3 +53,8 @@ def render(losses: Sequence[float], saves: Sequence[int] = (), width: int = 512,
         elif pts:
             draw.ellipse([pts[0][0] - 2, pts[0][1] - 2, pts[0][0] + 2, pts[0][1] + 2], fill=colour)
     return image
+
+
+def as_image_batch(image: Image.Image) -> torch.Tensor:
+    """A PIL image as a one-image batch in ComfyUI's IMAGE layout: (1,H,W,3) float in [0,1]."""
+    return torch.from_numpy(np.asarray(image.convert("RGB"))).float().div(255).unsqueeze(0)
