@@ -48,7 +48,7 @@ CASES = {
     "tiny": {"flux": None, "steps": 23},
     "wide": {"flux": {"hidden_size": 1024, "num_heads": 8, "depth": 2, "depth_single_blocks": 2,
                       "axes_dim": [16, 56, 56], "context_in_dim": 64, "vec_in_dim": 32},
-             "steps": 13},
+             "steps": 23},
 }
 
 
@@ -157,7 +157,7 @@ def _as_loaded_to_device(model) -> int:
     return replaced
 
 
-def _run_native(host, model, latent, cond, steps: int) -> list[float]:
+def _run_native(host, model, latent, cond, steps: int, lora_dtype: str = "fp32") -> list[float]:
     """ComfyUI's TrainLoraNode.train called as the executor calls it (inside inference mode; the
     node leaves it itself). Step ends come from a global optimizer-step hook: ComfyUI's code runs
     unchanged."""
@@ -174,7 +174,7 @@ def _run_native(host, model, latent, cond, steps: int) -> list[float]:
             TrainLoraNode().train(
                 model=model, latents={"samples": latent.unsqueeze(0)}, positive=[cond], batch_size=1, steps=steps,
                 grad_accumulation_steps=1, learning_rate=LEARNING_RATE, rank=RANK, optimizer="AdamW",
-                loss_function="MSE", seed=SEED, training_dtype="bf16", lora_dtype="fp32", algorithm="LoRA",
+                loss_function="MSE", seed=SEED, training_dtype="bf16", lora_dtype=lora_dtype, algorithm="LoRA",
                 gradient_checkpointing=True, existing_lora="[None]")
     finally:
         hook.remove()
@@ -207,7 +207,7 @@ def _run_bare(host, model, latent, cond, steps: int) -> list[float]:
     return ends
 
 
-def child(case: str, impl: str, steps: int) -> None:
+def child(case: str, impl: str, steps: int, native_lora_dtype: str) -> None:
     import torch
 
     torch.set_num_threads(1)
@@ -218,8 +218,10 @@ def child(case: str, impl: str, steps: int) -> None:
         latent = torch.randn(LATENT_SHAPE, generator=torch.Generator().manual_seed(SEED))
     tokens = cond[0].shape[1]
     setup_rss = _maxrss_mb()
-    runner = {"ours": _run_ours, "native": _run_native, "bare": _run_bare}[impl]
-    ends = runner(host, demo.model, latent, cond, steps)
+    if impl == "native":
+        ends = _run_native(host, demo.model, latent, cond, steps, native_lora_dtype)
+    else:
+        ends = {"ours": _run_ours, "bare": _run_bare}[impl](host, demo.model, latent, cond, steps)
     if len(ends) != steps:
         raise SystemExit(f"{impl}: expected {steps} step timestamps, got {len(ends)}")
     # ends[i] closes step i+1; the steps after the warm-up have a full interval each.
@@ -233,9 +235,10 @@ def child(case: str, impl: str, steps: int) -> None:
 
 # --- parent: every case and implementation, one process each ------------------------------
 
-def run_child(case: str, impl: str, steps: int) -> dict:
+def run_child(case: str, impl: str, steps: int, native_lora_dtype: str) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--case", case, "--impl", impl, "--steps", str(steps)]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--case", case, "--impl", impl, "--steps", str(steps),
+           "--native-lora-dtype", native_lora_dtype]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if proc.returncode != 0 or not lines:
@@ -244,7 +247,7 @@ def run_child(case: str, impl: str, steps: int) -> dict:
     return json.loads(lines[-1][len(RESULT_PREFIX):])
 
 
-def summarize(case: str, results: dict[str, dict]) -> dict:
+def summarize(case: str, results: dict[str, dict], native_lora_dtype: str) -> dict:
     ours, native, bare = (results[i] for i in IMPLS)
     return {
         "case": case,
@@ -260,6 +263,9 @@ def summarize(case: str, results: dict[str, dict]) -> dict:
         "model_params": ours["model_params"],
         "text_tokens": ours["text_tokens"],
         "steps_timed": len(ours["steps_ms"]),
+        "native_lora_dtype": native_lora_dtype,
+        "threads": ours["threads"],
+        "torch": ours["torch"],
     }
 
 
@@ -280,13 +286,16 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)}")
     parser.add_argument("--steps", type=int, help=f"steps per run, {WARMUP} of them warm-up (default: per case)")
+    parser.add_argument("--native-lora-dtype", choices=("fp32", "bf16"), default="fp32",
+                        help="TrainLoraNode's lora_dtype (fp32, like our adapters, by default; the node's own "
+                             "default is bf16)")
     parser.add_argument("--case", choices=list(CASES), help=argparse.SUPPRESS)
     parser.add_argument("--impl", choices=IMPLS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.steps is not None and args.steps < WARMUP + 2:
         parser.error(f"--steps must be at least {WARMUP + 2}")
     if args.impl:
-        child(args.case, args.impl, args.steps or CASES[args.case]["steps"])
+        child(args.case, args.impl, args.steps or CASES[args.case]["steps"], args.native_lora_dtype)
         return
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in cases if c not in CASES]
@@ -295,8 +304,8 @@ def main() -> None:
     rows = []
     for case in cases:
         steps = args.steps or CASES[case]["steps"]
-        results = {impl: run_child(case, impl, steps) for impl in IMPLS}
-        rows.append(summarize(case, results))
+        results = {impl: run_child(case, impl, steps, args.native_lora_dtype) for impl in IMPLS}
+        rows.append(summarize(case, results, args.native_lora_dtype))
         print(json.dumps(rows[-1]), flush=True)
     if args.markdown:
         print()

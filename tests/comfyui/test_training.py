@@ -47,7 +47,7 @@ def train(request):
         return train_run.run(request)
 
 
-@pytest.mark.parametrize("weight_dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("weight_dtype", ["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_training_one_image_makes_the_lora_predict_it_better(host, loras_dir, family, weight_dtype):
     from comfyui_lora_lab.nodes import train_run
