@@ -1,7 +1,8 @@
 """The dataset value that flows between nodes: immutable, cheap to pass, one entry per image.
 
-Masks are loss weights (1 = learn this pixel, 0 = ignore). Images are held as (H,W,3) float
-tensors in [0,1], the layout of ComfyUI's IMAGE; masks as (H,W) in [0,1].
+Masks are loss weights (1 = learn this pixel, 0 = ignore). In-memory images are (H,W,3) float
+tensors in [0,1], the layout of ComfyUI's IMAGE; masks (H,W) in [0,1]. Folder datasets keep
+paths and read the files when training encodes them.
 """
 
 from __future__ import annotations
@@ -13,28 +14,48 @@ import torch
 
 @dataclass(frozen=True)
 class DatasetSample:
-    image: torch.Tensor  # (H,W,3) float in [0,1]
     caption: str
     concept: str
-    mask: torch.Tensor | None = None  # (H,W) loss weight, 1 = learn
+    image: torch.Tensor | None = None  # (H,W,3) float in [0,1], when held in memory
+    path: str | None = None  # or the image file, read when needed
+    mask: torch.Tensor | None = None  # (H,W) loss weight, 1 = learn, when held in memory
+    mask_path: str | None = None  # or a sidecar mask file (white = learn)
+    alpha_mask: bool = False  # or the image file's own alpha channel is the loss weight
+    size: tuple[int, int] | None = None  # (width, height) as loaded (after any load-time downscale)
     repeats: int = 1
-    flip_allowed: bool = True
+    flip_allowed: bool = True  # composites: never (a flip swaps left and right against the caption)
 
     def __post_init__(self):
-        if self.image.ndim != 3 or self.image.shape[-1] != 3:
+        if (self.image is None) == (self.path is None):
+            raise ValueError(f"a sample of {self.concept!r} needs exactly one of an image tensor or an image path")
+        if self.image is not None and (self.image.ndim != 3 or self.image.shape[-1] != 3):
             raise ValueError(f"image of {self.concept!r} must be (H,W,3), got {tuple(self.image.shape)}")
-        if self.mask is not None and tuple(self.mask.shape) != tuple(self.image.shape[:2]):
+        if self.mask is not None and self.image is not None and tuple(self.mask.shape) != tuple(self.image.shape[:2]):
             raise ValueError(f"mask of {self.concept!r} is {tuple(self.mask.shape)} but its image is "
                              f"{tuple(self.image.shape[:2])}")
         if self.repeats < 1:
             raise ValueError(f"repeats of {self.concept!r} must be at least 1, not {self.repeats}")
+
+    @property
+    def name(self) -> str:
+        """How summaries and errors refer to the sample: its file, or its concept."""
+        return self.path or f"{self.concept} (in-memory image)"
+
+    @property
+    def pixel_size(self) -> tuple[int, int] | None:
+        if self.image is not None:
+            return int(self.image.shape[1]), int(self.image.shape[0])
+        return self.size
 
 
 @dataclass(frozen=True)
 class Dataset:
     samples: tuple[DatasetSample, ...]
     trigger: str = ""  # the word the captions and sample prompts call the subject by
-    notes: tuple[str, ...] = field(default=())  # warnings gathered while building, for the summary
+    notes: tuple[str, ...] = field(default=())  # warnings and skips gathered while building, for the summary
+    buckets: object | None = None  # buckets.BucketSettings; None: each image keeps its size (cropped to /16)
+    flip: bool = False  # horizontal-flip augmentation for samples that allow it
+    caption_policy: object | None = None  # captions.CaptionPolicy, resolved per sample and step in training
 
     def __post_init__(self):
         if not self.samples:
@@ -43,9 +64,18 @@ class Dataset:
     def with_samples(self, samples) -> "Dataset":
         return replace(self, samples=tuple(samples))
 
+    def with_changes(self, **changes) -> "Dataset":
+        return replace(self, **changes)
+
     @property
     def images_per_epoch(self) -> int:
         return sum(s.repeats for s in self.samples)
+
+    def concepts(self) -> dict[str, list[DatasetSample]]:
+        out: dict[str, list[DatasetSample]] = {}
+        for sample in self.samples:
+            out.setdefault(sample.concept, []).append(sample)
+        return out
 
 
 def mask_from_comfy(mask: torch.Tensor, meaning: str) -> torch.Tensor:
