@@ -16,7 +16,8 @@ Shared by every run of a case:
 - per-block gradient checkpointing;
 - 256 text tokens (the demo T5 tokenizer pads to 256), one 16x32x32 latent, batch 1;
 - rank 8 and torch AdamW, its step included (ours, native);
-- one thread; the first WARMUP steps are dropped and the median of the rest is reported.
+- one thread; the first WARMUP steps of each process are dropped, and the median of the other
+  steps of all its processes (--repeats, run in rotating order) is reported.
 
 ComfyUI is found through $COMFYUI_PATH or ~/comfy/ComfyUI (as the test suite finds it).
 """
@@ -48,7 +49,7 @@ CASES = {
     "tiny": {"flux": None, "steps": 23},
     "wide": {"flux": {"hidden_size": 1024, "num_heads": 8, "depth": 2, "depth_single_blocks": 2,
                       "axes_dim": [16, 56, 56], "context_in_dim": 64, "vec_in_dim": 32},
-             "steps": 23},
+             "steps": 18},
 }
 
 
@@ -247,25 +248,29 @@ def run_child(case: str, impl: str, steps: int, native_lora_dtype: str) -> dict:
     return json.loads(lines[-1][len(RESULT_PREFIX):])
 
 
-def summarize(case: str, results: dict[str, dict], native_lora_dtype: str) -> dict:
-    ours, native, bare = (results[i] for i in IMPLS)
+def summarize(case: str, runs: dict[str, list[dict]], native_lora_dtype: str) -> dict:
+    """Per implementation: the median of every timed step of its runs, the largest peak RSS."""
+    step = {impl: statistics.median([ms for run in runs[impl] for ms in run["steps_ms"]]) for impl in IMPLS}
+    peak = {impl: max(run["peak_rss_mb"] for run in runs[impl]) for impl in IMPLS}
+    first = runs["ours"][0]
     return {
         "case": case,
-        "step_ms_ours": round(ours["step_ms"], 1),
-        "step_ms_native": round(native["step_ms"], 1),
-        "step_ms_bare": round(bare["step_ms"], 1),
-        "peak_rss_mb_ours": round(ours["peak_rss_mb"]),
-        "peak_rss_mb_native": round(native["peak_rss_mb"]),
-        "peak_rss_mb_bare": round(bare["peak_rss_mb"]),
-        "ours_over_bare": round(ours["step_ms"] / bare["step_ms"], 3),
-        "ours_over_native": round(ours["step_ms"] / native["step_ms"], 3),
-        "setup_rss_mb": round(min(r["setup_rss_mb"] for r in results.values())),
-        "model_params": ours["model_params"],
-        "text_tokens": ours["text_tokens"],
-        "steps_timed": len(ours["steps_ms"]),
+        "step_ms_ours": round(step["ours"], 1),
+        "step_ms_native": round(step["native"], 1),
+        "step_ms_bare": round(step["bare"], 1),
+        "peak_rss_mb_ours": round(peak["ours"]),
+        "peak_rss_mb_native": round(peak["native"]),
+        "peak_rss_mb_bare": round(peak["bare"]),
+        "ours_over_bare": round(step["ours"] / step["bare"], 3),
+        "ours_over_native": round(step["ours"] / step["native"], 3),
+        "setup_rss_mb": round(min(run["setup_rss_mb"] for impl in IMPLS for run in runs[impl])),
+        "model_params": first["model_params"],
+        "text_tokens": first["text_tokens"],
+        "steps_timed": sum(len(run["steps_ms"]) for run in runs["ours"]),
+        "runs": len(runs["ours"]),
         "native_lora_dtype": native_lora_dtype,
-        "threads": ours["threads"],
-        "torch": ours["torch"],
+        "threads": first["threads"],
+        "torch": first["torch"],
     }
 
 
@@ -286,6 +291,8 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)}")
     parser.add_argument("--steps", type=int, help=f"steps per run, {WARMUP} of them warm-up (default: per case)")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="processes per implementation and case, in rotating order (default 2)")
     parser.add_argument("--native-lora-dtype", choices=("fp32", "bf16"), default="fp32",
                         help="TrainLoraNode's lora_dtype (fp32, like our adapters, by default; the node's own "
                              "default is bf16)")
@@ -294,6 +301,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.steps is not None and args.steps < WARMUP + 2:
         parser.error(f"--steps must be at least {WARMUP + 2}")
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     if args.impl:
         child(args.case, args.impl, args.steps or CASES[args.case]["steps"], args.native_lora_dtype)
         return
@@ -304,8 +313,11 @@ def main() -> None:
     rows = []
     for case in cases:
         steps = args.steps or CASES[case]["steps"]
-        results = {impl: run_child(case, impl, steps, args.native_lora_dtype) for impl in IMPLS}
-        rows.append(summarize(case, results, args.native_lora_dtype))
+        runs: dict[str, list[dict]] = {impl: [] for impl in IMPLS}
+        for repeat in range(args.repeats):  # rotated, so no implementation always runs first
+            for impl in IMPLS[repeat % len(IMPLS):] + IMPLS[:repeat % len(IMPLS)]:
+                runs[impl].append(run_child(case, impl, steps, args.native_lora_dtype))
+        rows.append(summarize(case, runs, args.native_lora_dtype))
         print(json.dumps(rows[-1]), flush=True)
     if args.markdown:
         print()

@@ -658,3 +658,68 @@ def sample_images(model, network, clip, vae, prompts: list[str], settings) -> to
         if network is not None:
             network.detach()
     return torch.cat(images)
+
+
+# --- Dataset folders --------------------------------------------------------------------------
+
+CONFIG_FILE_NAME = "loralab_config.json"
+
+
+def input_folder() -> Path:
+    import folder_paths
+
+    return Path(folder_paths.get_input_directory()).resolve()
+
+
+def input_subfolders(depth: int = 2) -> list[str]:
+    """Folders inside ComfyUI's input folder (relative, up to `depth` levels), for a combo."""
+    root = input_folder()
+    if not root.is_dir():
+        return []
+    found = []
+    for path in sorted(root.rglob("*")):
+        if path.is_dir() and len(path.relative_to(root).parts) <= depth and not path.name.startswith("."):
+            found.append(path.relative_to(root).as_posix())
+    return found
+
+
+def config_path() -> Path:
+    """The pack's config file: $LORALAB_CONFIG, else loralab_config.json in the pack folder."""
+    import os
+
+    return Path(os.environ.get("LORALAB_CONFIG") or Path(__file__).resolve().parents[1] / CONFIG_FILE_NAME)
+
+
+def allowed_dataset_roots() -> list[Path]:
+    """ComfyUI's input folder plus the roots the user listed under "dataset_roots" in the config
+    file. A path typed into a node is only read when it lies under one of them: a server that
+    listens on a network must not read arbitrary files for whoever reaches it."""
+    import json
+
+    roots = [input_folder()]
+    path = config_path()
+    if path.is_file():
+        try:
+            extra = json.loads(path.read_text(encoding="utf-8")).get("dataset_roots", [])
+        except (OSError, ValueError, AttributeError) as error:
+            raise ValueError(f"{path}: cannot read the LoRA Lab config ({error})") from None
+        roots += [Path(p).expanduser().resolve() for p in extra]
+    return roots
+
+
+def resolve_dataset_folder(folder: str, custom_path: str) -> tuple[Path, Path]:
+    """(root, folder) for a Load Dataset node: a folder of the input directory, or a typed path
+    that must resolve inside an allowed root."""
+    if custom_path.strip():
+        target = Path(custom_path.strip()).expanduser().resolve()
+        for root in allowed_dataset_roots():
+            if target.is_relative_to(root):
+                return root, target
+        raise ValueError(f"custom_path: {target} is not inside an allowed dataset root; add its parent to "
+                         f"\"dataset_roots\" in {config_path()} (allowed now: "
+                         f"{', '.join(str(r) for r in allowed_dataset_roots())})")
+    root = input_folder()
+    target = (root / folder).resolve()
+    if not target.is_relative_to(root):
+        raise ValueError(f"folder: {folder!r} is outside ComfyUI's input folder")
+    return root, target

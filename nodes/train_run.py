@@ -11,7 +11,10 @@ from pathlib import Path
 import torch
 
 from ..training import lora_file
+from ..training.buckets import assign_bucket, fit_to_bucket
+from ..training.captions import prepare as prepare_captions
 from ..training.dataset import Dataset
+from ..training.image_io import load_sample_pixels
 from ..training.loop import LoopConfig, NonFiniteLoss, Sample, StepRecord, Trainer
 from ..training.loss_chart import as_image_batch
 from ..training.loss_chart import render as render_loss_chart
@@ -26,6 +29,7 @@ from ..training.train_state import load_state, save_state
 from . import host
 
 PREVIEW_EVERY = 10  # steps between loss-chart previews (rendering is cheap, but not free)
+CAPTION_VARIANTS = 8  # pre-drawn caption variants per sample whose encodings are cached
 
 
 @dataclass
@@ -66,25 +70,53 @@ def _crop_to_multiple(image: torch.Tensor, multiple: int = 16) -> torch.Tensor:
     return image[top:top + nh, left:left + nw]
 
 
-def encode_samples(req: RunRequest, cache_captions: bool = True) -> list[Sample]:
-    """Latents through the given VAE (then the model's latent scaling), captions through the CLIP
-    once per distinct caption (kept as text when the text encoder trains: encoded every step),
-    masks pooled to the latent grid."""
-    if req.clip is None and any(s.caption for s in req.dataset.samples):
+def _training_pixels(dataset: Dataset, item) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The sample's image and loss weight at the size it trains at: its bucket, or (datasets
+    built from in-memory images) its own size cropped to a multiple of 16."""
+    image, weight, _ = load_sample_pixels(item)
+    if dataset.buckets is not None:
+        size = (int(image.shape[1]), int(image.shape[0]))
+        return fit_to_bucket(image, weight, assign_bucket(size, dataset.buckets))
+    image = _crop_to_multiple(image)
+    return image, None if weight is None else _crop_to_multiple(weight.unsqueeze(-1))[..., 0]
+
+
+def encode_samples(req: RunRequest, cache_captions: bool = True, progress=None) -> list[Sample]:
+    """Latents through the given VAE (then the model's latent scaling; the mirrored image too when
+    flips are on), masks pooled to the latent grid, and K pre-drawn caption variants per sample
+    encoded once per distinct text (kept as text when the text encoder trains: encoded every
+    step)."""
+    dataset = req.dataset
+    prepared = prepare_captions(dataset.caption_policy, dataset) if dataset.caption_policy is not None else None
+    if req.clip is None and (prepared is not None or any(s.caption for s in dataset.samples)):
         raise ValueError("clip: the dataset has captions but no CLIP is connected")
     cache: dict[str, object] = {}
-    samples = []
-    for item in req.dataset.samples:
-        image = _crop_to_multiple(item.image)
+
+    def cond_of(text: str):
+        if cache_captions and text not in cache:
+            cache[text] = host.encode_caption(req.clip, text)
+        return cache[text] if cache_captions else text
+
+    def encode(image, weight):
         latent = host.encode_images(req.vae, req.model, image.unsqueeze(0))[0].float().cpu()
-        weight = None
-        if item.mask is not None:
-            mask = _crop_to_multiple(item.mask.unsqueeze(-1))[..., 0]
-            weight = pool_to_latent(mask[None, None], tuple(latent.shape[-2:]))[0]
-        if cache_captions and item.caption not in cache:
-            cache[item.caption] = host.encode_caption(req.clip, item.caption)
-        cond = cache[item.caption] if cache_captions else item.caption
-        samples.append(Sample(latent=latent, weight=weight, cond=cond, repeats=item.repeats))
+        pooled = None if weight is None else pool_to_latent(weight[None, None], tuple(latent.shape[-2:]))[0]
+        return latent, pooled
+
+    samples = []
+    for index, item in enumerate(dataset.samples):
+        if host.interrupted():
+            raise host.interrupt_exception()
+        if progress is not None:
+            progress.text(f"encoding the dataset: {index + 1}/{len(dataset.samples)}")
+        image, weight = _training_pixels(dataset, item)
+        latent, pooled = encode(image, weight)
+        flipped = None
+        if dataset.flip and item.flip_allowed:
+            flipped = encode(image.flip(1), None if weight is None else weight.flip(1))
+        texts = prepared.variants(index, k=CAPTION_VARIANTS, seed=req.seed) if prepared else [item.caption]
+        conds = tuple(cond_of(text) for text in texts)
+        samples.append(Sample(latent=latent, weight=pooled, cond=conds[0], repeats=item.repeats, flipped=flipped,
+                              cond_variants=conds if len(conds) > 1 else ()))
     return samples
 
 
@@ -116,6 +148,7 @@ class _Saver:
         self.folder = host.loras_folder() / lora_file.check_subfolder(req.save.subfolder)
         self.final = self.folder / f"{self.name}.safetensors"
         self.periodic: list[Path] = []
+        self.tag_frequency = _tag_frequency(req.dataset)
         if self.final.exists() and not req.save.overwrite:
             raise FileExistsError(f"output_name: {self.final.name} already exists in the loras folder "
                                   f"{self.folder}; choose another name or allow overwriting in the save settings")
@@ -127,7 +160,7 @@ class _Saver:
             alpha=cfg.alpha, network_args=_network_args(req), steps=step, epoch=epoch,
             learning_rate=req.learning_rate, optimizer=req.optimizer.optimizer, resolution=resolution,
             seed=req.seed, clip_skip=host.clip_skip(req.clip) if req.clip is not None else None,
-            text_encoder_lr=req.optimizer.text_encoder_lr))
+            text_encoder_lr=req.optimizer.text_encoder_lr, tag_frequency=self.tag_frequency))
 
     def write(self, path: Path, step: int, epoch: int, resolution: str, overwrite: bool) -> dict:
         dtype = lora_file.SAVE_DTYPES[self.req.save.precision]
@@ -151,6 +184,18 @@ class _Saver:
             old.unlink(missing_ok=True)
             old.with_suffix(STATE_SUFFIX).unlink(missing_ok=True)
         return path
+
+
+def _tag_frequency(dataset: Dataset) -> dict:
+    """kohya's ss_tag_frequency: per concept, how many captions carry each tag."""
+    if dataset.caption_policy is not None:
+        return prepare_captions(dataset.caption_policy, dataset).tag_frequency
+    frequency: dict[str, dict[str, int]] = {}
+    for sample in dataset.samples:
+        counts = frequency.setdefault(sample.concept, {})
+        for tag in {t.strip() for t in sample.caption.split(",") if t.strip()}:
+            counts[tag] = counts.get(tag, 0) + 1
+    return frequency
 
 
 def fingerprint(req: RunRequest, trainer: Trainer) -> dict:
@@ -182,11 +227,11 @@ def run(req: RunRequest) -> RunResult:
     saver = _Saver(req, base, networks)
     if req.samples is not None and req.clip is None:
         raise ValueError("clip: sample images need the CLIP to encode their prompts")
-    samples = encode_samples(req, cache_captions=text_encoder is None)
+    progress = host.Progress(req.steps, req.node_id)
+    samples = encode_samples(req, cache_captions=text_encoder is None, progress=progress)
     resolution = ",".join(f"{s.latent.shape[-1] * 8}x{s.latent.shape[-2] * 8}" for s in samples[:1])
     history: list[dict] = []
     saved: list[str] = []
-    progress = host.Progress(req.steps, req.node_id)
     cancel = {"requested": False}
     taken: list[tuple[int, torch.Tensor]] = []
 

@@ -24,6 +24,19 @@ class Sample:
     weight: Tensor | None = None  # (1,h,w) loss weight on the latent grid, 1 = learn
     cond: object = None  # conditioning, opaque here: the predictor batches it
     repeats: int = 1
+    flipped: tuple[Tensor, Tensor | None] | None = None  # (latent, weight) of the mirrored image
+    cond_variants: tuple = ()  # pre-drawn caption variants; one is picked per step (else `cond`)
+
+    def view(self, g: torch.Generator) -> tuple[Tensor, Tensor | None, object]:
+        """The latent, weight and conditioning this step trains on (flip and caption variant
+        drawn from the micro-batch generator, so a resumed run draws the same)."""
+        latent, weight = self.latent, self.weight
+        if self.flipped is not None and torch.rand((), generator=g) < 0.5:
+            latent, weight = self.flipped
+        cond = self.cond
+        if self.cond_variants:
+            cond = self.cond_variants[int(torch.randint(len(self.cond_variants), (), generator=g))]
+        return latent, weight, cond
 
 
 class Predictor(Protocol):
@@ -104,7 +117,8 @@ class Trainer:
         batch = [self.samples[i] for i in members]
         g = _micro_generator(cfg.seed, index)
         device = self.predictor.device
-        x0 = torch.stack([s.latent for s in batch]).float()
+        views = [s.view(g) for s in batch]
+        x0 = torch.stack([latent for latent, _, _ in views]).float()
         noise = torch.randn(x0.shape, generator=g)
         if isinstance(family, Flow):
             sigma = sample_flow_sigmas(cfg.flow_timesteps, len(batch), tuple(x0.shape[-2:]), g)
@@ -113,12 +127,11 @@ class Trainer:
             noise = noise_offset(noise, cfg.noise_offset, g)
         x0, noise, sigma = x0.to(device), noise.to(device), sigma.float().to(device)
         weight = None
-        if any(s.weight is not None for s in batch):
-            weight = torch.stack([s.weight if s.weight is not None else torch.ones(1, *x0.shape[-2:])
-                                  for s in batch]).to(device)
+        if any(w is not None for _, w, _ in views):
+            weight = torch.stack([w if w is not None else torch.ones(1, *x0.shape[-2:]) for _, w, _ in views]).to(device)
         with torch.random.fork_rng(devices=[]):  # adapter dropout draws from the global RNG
             torch.manual_seed(cfg.seed * 1_000_003 + index)
-            pred = self.predictor.predict(family.noisy(x0, noise, sigma), sigma, [s.cond for s in batch])
+            pred = self.predictor.predict(family.noisy(x0, noise, sigma), sigma, [c for _, _, c in views])
         per_sample = per_sample_loss(pred, family.target(x0, noise, sigma), weight, cfg.reduction, cfg.loss,
                                      cfg.huber_delta, cfg.unmasked_weight)
         return (per_sample * family.weight(sigma, cfg.snr).to(per_sample)).mean(), sigma, epoch
