@@ -281,3 +281,24 @@ def test_non_finite_loss_stops_and_names_the_step(host, loras_dir):
         train(make_request(demo, dataset, steps=4, save=SaveSettings(every_n_steps=1, precision="fp32")))
     assert "Last good checkpoint: none was saved yet" in str(error.value)
     assert not list(loras_dir.rglob("*.safetensors"))
+
+
+def test_dataset_flips_and_caption_variants_reach_training(host, loras_dir):
+    """With flips on, the mirrored image is encoded too; with a shuffling caption policy, each
+    sample carries its pre-drawn variants, encoded once each."""
+    from comfyui_lora_lab.nodes import train_run
+    from comfyui_lora_lab.training.captions import CaptionPolicy
+    from comfyui_lora_lab.training.dataset import Dataset, DatasetSample
+
+    demo = build_in_executor_mode(host, "SD1.5")
+    image = pattern_image()
+    policy = CaptionPolicy(template="{trigger}, {caption}", shuffle=True, keep_tokens=1)
+    dataset = Dataset(samples=(DatasetSample(image=image, caption="red, green, blue, yellow", concept="c"),),
+                      trigger="sks", flip=True, caption_policy=policy)
+    with torch.inference_mode(False):
+        (sample,) = train_run.encode_samples(make_request(demo, dataset))
+        mirrored = host.encode_images(demo.vae, demo.model, image.flip(1).unsqueeze(0))[0]
+    assert sample.flipped is not None and torch.allclose(sample.flipped[0], mirrored)
+    assert len(sample.cond_variants) == train_run.CAPTION_VARIANTS
+    first = sample.cond_variants[0][0]
+    assert any(not torch.equal(first, c[0]) for c in sample.cond_variants[1:])  # shuffled captions differ

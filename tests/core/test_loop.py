@@ -337,3 +337,21 @@ def test_min_snr_changes_the_eps_loss():
     # γ far below every SNR of the table: the weight γ/SNR = γσ² is nowhere 1
     weighted = Run(objective.Eps(), config=LoopConfig(steps=1, seed=2, snr=SnrWeighting(min_snr_gamma=1e-4)))
     assert not torch.allclose(weighted.trainer.micro_loss(0)[0], plain)
+
+
+def test_sample_view_draws_flips_and_caption_variants_reproducibly():
+    from comfyui_lora_lab.training.loop import Sample
+
+    latent = torch.arange(8.0).reshape(2, 2, 2)
+    mirrored = latent.flip(-1)
+    sample = Sample(latent=latent, cond="a", flipped=(mirrored, None), cond_variants=("a", "b", "c"))
+    seen_flip, seen_cond = [], []
+    for index in range(300):
+        g = torch.Generator().manual_seed(index)
+        chosen, _, cond = sample.view(g)
+        again, _, cond_again = sample.view(torch.Generator().manual_seed(index))
+        assert torch.equal(chosen, again) and cond == cond_again  # the same micro-batch draws the same
+        seen_flip.append(torch.equal(chosen, mirrored))
+        seen_cond.append(cond)
+    assert 0.4 < sum(seen_flip) / 300 < 0.6
+    assert all(60 < seen_cond.count(c) < 140 for c in "abc")  # each of the 3 variants about 1/3 of the time
