@@ -19,4 +19,5 @@ class LoRALabExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         for problem in host.check_host():
             host.log.warning("LoRA Lab: %s; some nodes may fail on this ComfyUI version", problem)
+        host.register_routes()
         return NODES

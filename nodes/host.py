@@ -723,3 +723,83 @@ def resolve_dataset_folder(folder: str, custom_path: str) -> tuple[Path, Path]:
     if not target.is_relative_to(root):
         raise ValueError(f"folder: {folder!r} is outside ComfyUI's input folder")
     return root, target
+
+
+# --- Background-removal weights ---------------------------------------------------------------
+
+def rembg_model_folders() -> list[Path]:
+    """ComfyUI's models/rembg folder(s), registered on first use so extra_model_paths.yaml can
+    add more; background removal looks there before rembg's own homes."""
+    import folder_paths
+
+    if "rembg" not in folder_paths.folder_names_and_paths:
+        folder_paths.add_model_folder_path("rembg", str(Path(folder_paths.models_dir) / "rembg"), is_default=True)
+    return [Path(p) for p in folder_paths.get_folder_paths("rembg")]
+
+
+def numba_cache_folder() -> Path:
+    """A writable place for rembg's compiled numba kernels (its first import compiles for ~60 s)."""
+    import folder_paths
+
+    return Path(folder_paths.get_user_directory()) / "loralab" / "numba-cache"
+
+
+# --- Canvas: events and the run history route ---------------------------------------------------
+
+_routes_registered = False
+
+
+def register_routes() -> None:
+    """GET /loralab/runs (the recent runs) and /loralab/runs/{node_id} (the latest run of a node,
+    every step): the canvas chart re-fetches these after a reload or in a second tab."""
+    global _routes_registered
+    if _routes_registered:
+        return
+    from aiohttp import web
+    from server import PromptServer
+
+    from . import run_log
+
+    if PromptServer.instance is None:
+        return
+    routes = PromptServer.instance.routes
+
+    @routes.get("/loralab/runs")
+    async def runs(request):
+        return web.json_response(run_log.all_runs())
+
+    @routes.get("/loralab/runs/{node_id}")
+    async def run(request):
+        log = run_log.latest(request.match_info["node_id"])
+        return web.json_response(log.as_dict() if log else None)
+
+    _routes_registered = True
+
+
+def emit(payload: dict) -> None:
+    """A `loralab.progress` event to every connected page (a second tab follows the run too)."""
+    from server import PromptServer
+
+    from .run_log import EVENT
+
+    if PromptServer.instance is not None:
+        PromptServer.instance.send_sync(EVENT, payload, None)
+
+
+def save_temp_images(images: torch.Tensor, prefix: str) -> list[dict]:
+    """PNG files in ComfyUI's temp folder, as the {filename, subfolder, type} entries the
+    frontend shows on a node (they stay visible after the run)."""
+    import numpy as np
+    from PIL import Image
+
+    import folder_paths
+
+    folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, folder_paths.get_temp_directory(),
+                                                                           images.shape[2], images.shape[1])
+    entries = []
+    for image in images:
+        filename = f"{name}_{counter:05}_.png"
+        Image.fromarray((image.clamp(0, 1).numpy() * 255).round().astype(np.uint8)).save(Path(folder) / filename)
+        entries.append({"filename": filename, "subfolder": subfolder, "type": "temp"})
+        counter += 1
+    return entries

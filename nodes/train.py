@@ -81,4 +81,5 @@ class Train(io.ComfyNode):
             trained, trained_clip = host.apply_lora(model, result.tensors), clip
         summary = f"saved {result.lora_path.name}; final loss {result.history[-1]['loss']:.4f}"
         return io.NodeOutput(trained, str(result.lora_path), result.history, train_run.output_images(result),
-                             trained_clip, ui={"text": [summary], "lora_path": [str(result.lora_path)]})
+                             trained_clip, ui={"text": [summary], "lora_path": [str(result.lora_path)],
+                                               "images": [e for s in result.sample_files for e in s["images"]]})

@@ -26,7 +26,7 @@ from ..training.schedulers import build_scheduler
 from ..training.settings import NetworkSettings, ObjectiveSettings, OptimizerSettings, SampleSettings, SaveSettings
 from ..training.train_state import SUFFIX as STATE_SUFFIX
 from ..training.train_state import load_state, save_state
-from . import host
+from . import host, run_log
 
 PREVIEW_EVERY = 10  # steps between loss-chart previews (rendering is cheap, but not free)
 CAPTION_VARIANTS = 8  # pre-drawn caption variants per sample whose encodings are cached
@@ -40,6 +40,7 @@ class RunResult:
     saved: list[str] = field(default_factory=list)
     samples: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (step, images)
     text_encoder_trained: bool = False
+    sample_files: list[dict] = field(default_factory=list)  # {step, images: [{filename, subfolder, type}]}
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,62 @@ def fingerprint(req: RunRequest, trainer: Trainer) -> dict:
             "samples": [list(s.latent.shape) + [s.repeats] for s in trainer.samples]}
 
 
+class _Reporter:
+    """Everything the user sees of a run: ComfyUI's progress bar with a preview (the latest
+    sample, else the loss chart), the progress text, and `loralab.progress` events plus the
+    server-side run log that the canvas chart draws from."""
+
+    def __init__(self, req: RunRequest):
+        self.req = req
+        self.progress = host.Progress(req.steps, req.node_id)
+        self.log = run_log.start(req.node_id or "", req.steps)
+        self.started = time.monotonic()
+        self.start_step = 0
+        self.cancel_requested = False
+        self._event("start", step=0)
+
+    def _event(self, kind: str, **data) -> None:
+        host.emit({"type": kind, "run": self.log.run_id, "node": self.log.node_id, "total": self.req.steps, **data})
+
+    def resumed(self, step: int) -> None:
+        self.start_step = step
+        self.progress.update(step)
+        self.started = time.monotonic()
+
+    def samples(self, step: int, images: torch.Tensor, name: str) -> None:
+        entries = host.save_temp_images(images, f"loralab/{name}_step{step:06d}")
+        self.log.samples.append({"step": step, "images": entries})
+        self._event("samples", step=step, images=entries)
+
+    def step(self, record: StepRecord, saved_now: bool, sampled: torch.Tensor | None) -> None:
+        entry = {"step": record.step, "epoch": record.epoch, "loss": record.loss, "lr": record.lr, "sigma": record.sigma}
+        self.log.steps.append(entry)
+        if saved_now:
+            self.log.saves.append(record.step)
+        losses = [h["loss"] for h in self.log.steps]
+        text = _progress_text(record, self.req.steps, losses, self.started, self.start_step)
+        self.progress.text(text)
+        self._event("step", **entry, saved=saved_now, text=text)
+        preview = None
+        if sampled is not None:
+            preview = _to_pil(sampled[0])
+        elif record.step % PREVIEW_EVERY == 0 or record.step == self.req.steps:
+            preview = render_loss_chart(losses, self.log.saves)
+        try:
+            self.progress.update(record.step, preview)
+        except Exception as e:  # the server's interrupt hook raises inside the progress bar
+            if type(e).__name__ != "InterruptProcessingException":
+                raise
+            self.cancel_requested = True
+
+    def should_stop(self) -> bool:
+        return self.cancel_requested or host.interrupted()
+
+    def end(self, status: str) -> None:
+        self.log.status = status
+        self._event("end", step=self.log.steps[-1]["step"] if self.log.steps else self.start_step, status=status)
+
+
 def run(req: RunRequest) -> RunResult:
     if req.steps < 1:
         raise ValueError(f"steps must be at least 1, not {req.steps}")
@@ -227,19 +284,33 @@ def run(req: RunRequest) -> RunResult:
     saver = _Saver(req, base, networks)
     if req.samples is not None and req.clip is None:
         raise ValueError("clip: sample images need the CLIP to encode their prompts")
-    progress = host.Progress(req.steps, req.node_id)
-    samples = encode_samples(req, cache_captions=text_encoder is None, progress=progress)
+    report = _Reporter(req)
+    try:
+        result = _train(req, loop_config, networks, text_encoder, saver, report)
+    except BaseException as error:
+        report.end("interrupted" if type(error).__name__ == "InterruptProcessingException" else "error")
+        raise
+    report.end("success")
+    return result
+
+
+def _train(req: RunRequest, loop_config: LoopConfig, networks: AdapterSet, text_encoder, saver: "_Saver",
+           report: _Reporter) -> RunResult:
+    opt, obj = req.optimizer, req.objective
+    samples = encode_samples(req, cache_captions=text_encoder is None, progress=report.progress)
     resolution = ",".join(f"{s.latent.shape[-1] * 8}x{s.latent.shape[-2] * 8}" for s in samples[:1])
     history: list[dict] = []
     saved: list[str] = []
-    cancel = {"requested": False}
     taken: list[tuple[int, torch.Tensor]] = []
 
-    def take_samples(step: int, model) -> None:
+    def take_samples(step: int, model) -> torch.Tensor:
         prompts = req.samples.resolved_prompts(req.dataset.trigger)
         clip = text_encoder.clip if text_encoder is not None else req.clip  # the trained one, adapters attached
-        taken.append((step, host.sample_images(req.model, networks["unet"], clip, req.vae, prompts, req.samples)))
+        images = host.sample_images(req.model, networks["unet"], clip, req.vae, prompts, req.samples)
         model.reload()
+        taken.append((step, images))
+        report.samples(step, images, saver.name)
+        return images
 
     with host.TrainingModel(req.model, networks["unet"], opt.gradient_checkpointing, obj.training_guidance,
                             text_encoder) as model:
@@ -250,10 +321,9 @@ def run(req: RunRequest) -> RunResult:
         if req.save.resume_from:
             start_step = load_state(host.find_state_file(req.save.resume_from), networks, optimizer, scheduler,
                                     fingerprint(req, trainer))
-            progress.update(start_step)
+            report.resumed(start_step)
         if req.samples is not None and req.samples.at_start:
             take_samples(start_step, model)
-        started = time.monotonic()
 
         def on_step(record: StepRecord) -> None:
             history.append({"step": record.step, "epoch": record.epoch, "loss": record.loss, "lr": record.lr,
@@ -262,28 +332,13 @@ def run(req: RunRequest) -> RunResult:
             saved_now = record.step == req.steps or req.save.due(record.step, epoch_done, record.epoch)
             if saved_now and record.step < req.steps:
                 saved.append(str(saver.periodic_save(trainer, record.step, record.epoch, resolution)))
-            sampled = req.samples is not None and req.samples.due(record.step, saved_now)
-            if sampled:
-                take_samples(record.step, model)
-            losses = [h["loss"] for h in history]
-            progress.text(_progress_text(record, req.steps, losses, started, start_step))
-            preview = None
-            if sampled:
-                preview = _to_pil(taken[-1][1][0])
-            elif record.step % PREVIEW_EVERY == 0 or record.step == req.steps:
-                preview = render_loss_chart(losses, [int(Path(p).stem.rsplit("step", 1)[-1]) for p in saved])
-            try:
-                progress.update(record.step, preview)
-            except Exception as e:  # the server's interrupt hook raises inside the progress bar
-                if type(e).__name__ != "InterruptProcessingException":
-                    raise
-                cancel["requested"] = True
-
-        def should_stop() -> bool:
-            return cancel["requested"] or host.interrupted()
+            sampled = None
+            if req.samples is not None and req.samples.due(record.step, saved_now):
+                sampled = take_samples(record.step, model)
+            report.step(record, saved_now, sampled)
 
         try:
-            outcome = trainer.run(start_step, on_step, should_stop)
+            outcome = trainer.run(start_step, on_step, report.should_stop)
         except NonFiniteLoss as error:
             last = saved[-1] if saved else "none was saved yet"
             raise ValueError(f"{error}. Last good checkpoint: {last}. Lower the learning rate or check the data.") from None
@@ -297,7 +352,7 @@ def run(req: RunRequest) -> RunResult:
         tensors = saver.write(saver.final, outcome.step, epoch, resolution, overwrite=req.save.overwrite)
     saved.append(str(saver.final))
     return RunResult(lora_path=saver.final, tensors=tensors, history=history, saved=saved, samples=taken,
-                     text_encoder_trained=text_encoder is not None)
+                     text_encoder_trained=text_encoder is not None, sample_files=report.log.samples)
 
 
 def build_networks(req: RunRequest, base: str):

@@ -56,6 +56,7 @@ class Dataset:
     buckets: object | None = None  # buckets.BucketSettings; None: each image keeps its size (cropped to /16)
     flip: bool = False  # horizontal-flip augmentation for samples that allow it
     caption_policy: object | None = None  # captions.CaptionPolicy, resolved per sample and step in training
+    masked_fill: tuple[float, float, float] | None = None  # RGB put under masked-out pixels; None: keep the image
 
     def __post_init__(self):
         if not self.samples:

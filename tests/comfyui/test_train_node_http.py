@@ -205,3 +205,21 @@ def test_text_encoder_training_with_8bit_optimizer_and_usable_clip_output(server
     meta = metadata(path)
     assert meta["ss_text_encoder_lr"] == "0.005" and meta["ss_network_train_unet_only"] == "False"
     assert meta["ss_optimizer"] == "AdamW8bit"
+
+
+def test_run_history_is_served_for_the_canvas(server):
+    from labtest.workflows import SAMPLES_DEFAULTS
+
+    save = {**SAVE_DEFAULTS, "every_n_steps": 2}
+    prompt = training_prompt("SD1.5", unique("history"), steps=4, save=save,
+                             samples={**SAMPLES_DEFAULTS, "prompts": "{trigger}", "sample_at_start": False})
+    entry = server.run(prompt)
+    assert execution_error(entry) is None, execution_error(entry)
+    run = server.get("/loralab/runs/5")
+    assert run["status"] == "success" and run["total"] == 4
+    assert [s["step"] for s in run["steps"]] == [1, 2, 3, 4] and all(s["loss"] > 0 for s in run["steps"])
+    assert run["saves"] == [2, 4] and [s["step"] for s in run["samples"]] == [2, 4]
+    shown = entry["outputs"]["5"]["images"]  # the samples stay on the node after the run
+    assert [i["filename"] for i in shown] == [i["filename"] for s in run["samples"] for i in s["images"]]
+    assert (server.base / "temp" / shown[0]["subfolder"] / shown[0]["filename"]).is_file()
+    assert any(r["run"] == run["run"] for r in server.get("/loralab/runs"))
