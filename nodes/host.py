@@ -545,13 +545,18 @@ def loras_folder():
 
 
 def find_lora(name: str):
-    """Full path of a file listed in ComfyUI's loras folders, or a clear error."""
+    """Full path of a LoRA by its name in ComfyUI's loras folders, or by a full path that lies
+    inside one of them (a Train node's lora_path output); anything else is a clear error."""
     import folder_paths
 
     path = folder_paths.get_full_path("loras", name)
-    if path is None:
-        raise FileNotFoundError(f"LoRA {name!r} is not in ComfyUI's loras folders")
-    return Path(path)
+    if path is not None:
+        return Path(path)
+    candidate = Path(name).resolve()
+    if candidate.is_file() and any(candidate.is_relative_to(Path(root).resolve())
+                                   for root in folder_paths.get_folder_paths("loras")):
+        return candidate
+    raise FileNotFoundError(f"continue_from: LoRA {name!r} is not in ComfyUI's loras folders")
 
 
 def lora_file_names() -> list[str]:

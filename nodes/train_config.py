@@ -40,14 +40,19 @@ class Network(io.ComfyNode):
                 io.Combo.Input("continue_from", options=[NO_FILE, *host.lora_file_names()], default=NO_FILE,
                                tooltip="Start from an existing LoRA file with the same settings (e.g. stage 2 of a "
                                        "two-stage run)."),
+                io.String.Input("continue_from_path", optional=True, force_input=True,
+                                tooltip="Or connect the lora_path output of an earlier LoRA Lab Train node: a two-stage "
+                                        "run in one workflow (stage 2 continues from stage 1's file)."),
             ],
             outputs=[types.NetworkConfig.Output(display_name="network", tooltip="Network settings for LoRA Lab Train.")],
         )
 
     @classmethod
-    def execute(cls, algorithm, rank, alpha, conv_rank, conv_alpha, dropout, target_preset, continue_from) -> io.NodeOutput:
+    def execute(cls, algorithm, rank, alpha, conv_rank, conv_alpha, dropout, target_preset, continue_from,
+                continue_from_path=None) -> io.NodeOutput:
         config = NetworkConfig(algorithm, rank, alpha, conv_rank, conv_alpha, dropout)
-        return io.NodeOutput(NetworkSettings(config, target_preset, None if continue_from == NO_FILE else continue_from))
+        source = continue_from_path or (None if continue_from == NO_FILE else continue_from)
+        return io.NodeOutput(NetworkSettings(config, target_preset, source))
 
 
 class Optimizer(io.ComfyNode):

@@ -223,3 +223,30 @@ def test_run_history_is_served_for_the_canvas(server):
     assert [i["filename"] for i in shown] == [i["filename"] for s in run["samples"] for i in s["images"]]
     assert (server.base / "temp" / shown[0]["subfolder"] / shown[0]["filename"]).is_file()
     assert any(r["run"] == run["run"] for r in server.get("/loralab/runs"))
+
+
+def test_two_stage_run_in_one_workflow_continues_from_stage_one(server):
+    """Stage 2 takes stage 1's lora_path through the Network node (1to2's two-stage recipe)."""
+    from safetensors.torch import load_file
+
+    first, second = unique("stage1"), unique("stage2")
+    prompt = training_prompt("SD1.5", first, steps=3, network=NETWORK_DEFAULTS)
+    stage2 = training_prompt("SD1.5", second, steps=1, network=NETWORK_DEFAULTS)
+    for node_id, node in stage2.items():
+        if node_id in ("5", "7"):
+            prompt[f"2{node_id}"] = node
+    prompt["25"]["inputs"].update(model=["1", 0], vae=["1", 2], clip=["1", 1], dataset=["4", 0], network=["27", 0],
+                                  learning_rate=1e-7)
+    prompt["27"]["inputs"]["continue_from_path"] = ["5", 1]
+    entry = server.run(prompt)
+    assert execution_error(entry) is None, execution_error(entry)
+    folder = server.base / "models" / "loras" / "loralab"
+    a, b = load_file(folder / f"{first}.safetensors"), load_file(folder / f"{second}.safetensors")
+    ups = [k for k in a if k.endswith("lora_up.weight")]
+    assert ups and all(torch_close(a[k], b[k]) for k in ups)  # one tiny step from stage 1's weights
+
+
+def torch_close(x, y):
+    import torch
+
+    return torch.allclose(x.float(), y.float(), atol=1e-5)

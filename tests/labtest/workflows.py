@@ -41,7 +41,7 @@ def training_prompt(family: str, output_name: str, steps: int = 10, save: dict |
                                                 ("9", "LoRALabSamples", samples, "samples"),
                                                 ("20", "LoRALabOptimizer", optimizer, "optimizer")):
         if values is not None:
-            prompt[node_id] = {"class_type": class_type, "inputs": values}
+            prompt[node_id] = {"class_type": class_type, "inputs": dict(values)}  # callers may edit it
             prompt["5"]["inputs"][socket] = [node_id, 0]
     return prompt
 
