@@ -23,12 +23,12 @@ def _clean(tag: str) -> str:
     return " ".join(tag.split())
 
 
-def _key(tag: str) -> str:
+def tag_key(tag: str) -> str:
     # Booru tags are written both "red_hair" and "red hair", in any case: one tag for matching.
     return _clean(tag.replace("_", " ")).lower()
 
 
-def _split(text: str) -> list[str]:
+def split_tags(text: str) -> list[str]:
     return [t for t in (_clean(part) for part in text.split(",")) if t]
 
 
@@ -36,7 +36,7 @@ def _dedupe(tags: list[str]) -> list[str]:
     """The first spelling of each tag, in order."""
     first: dict[str, str] = {}
     for tag in tags:
-        first.setdefault(_key(tag), tag)
+        first.setdefault(tag_key(tag), tag)
     return list(first.values())
 
 
@@ -45,7 +45,7 @@ def _implied(pairs) -> dict[str, set[str]]:
     "dog -> animal", "german shepherd" also removes "animal" (booru implications are transitive)."""
     direct: dict[str, set[str]] = {}
     for tag, implied in pairs:
-        direct.setdefault(_key(tag), set()).add(_key(implied))
+        direct.setdefault(tag_key(tag), set()).add(tag_key(implied))
     closure = {}
     for tag, implied in direct.items():
         seen, todo = set(), list(implied)
@@ -95,7 +95,7 @@ class CaptionPolicy:
         if isinstance(self.remove_tags, str) or isinstance(self.implications, str):
             raise TypeError("remove_tags and implications must be sequences, not a string")
         for pair in self.implications:
-            if isinstance(pair, str) or len(pair) != 2 or not all(isinstance(t, str) and _key(t) for t in pair):
+            if isinstance(pair, str) or len(pair) != 2 or not all(isinstance(t, str) and tag_key(t) for t in pair):
                 raise ValueError(f"implications: {pair!r} is not a (tag, implied tag) pair")
         object.__setattr__(self, "remove_tags", tuple(self.remove_tags))
         object.__setattr__(self, "implications", tuple(tuple(p) for p in self.implications))
@@ -185,9 +185,9 @@ def _final_tokens(policy: CaptionPolicy, text: str) -> tuple[tuple[str, ...], in
     separator = policy.keep_separator
     if separator and separator in text:
         head, tail = text.split(separator, 1)
-        kept, rest = _split(head), _split(tail.replace(separator, ","))  # a second one: a comma
+        kept, rest = split_tags(head), split_tags(tail.replace(separator, ","))  # a second one: a comma
     else:
-        kept, rest = None, _split(text)
+        kept, rest = None, split_tags(text)
     tokens = (kept or []) + rest
     if policy.dedupe:  # first occurrences win, so the kept part keeps its place
         tokens = _dedupe(tokens)
@@ -203,14 +203,14 @@ def prepare(policy: CaptionPolicy, dataset) -> PreparedCaptions:
         tokens = tuple((t,) if t else () for t in texts)
         return PreparedCaptions(policy, tokens, tuple(len(t) for t in tokens))
 
-    removed = {_key(t) for t in policy.remove_tags}
+    removed = {tag_key(t) for t in policy.remove_tags}
     implied = _implied(policy.implications)
     per_sample = []
     for sample in dataset.samples:
-        tags = [t for t in _split(sample.caption) if _key(t) not in removed]
-        present = {_key(t) for t in tags}
+        tags = [t for t in split_tags(sample.caption) if tag_key(t) not in removed]
+        present = {tag_key(t) for t in tags}
         gone = set().union(*(implied[k] for k in present if k in implied))
-        per_sample.append([t for t in tags if _key(t) not in gone])  # dedupe comes with the final caption
+        per_sample.append([t for t in tags if tag_key(t) not in gone])  # dedupe comes with the final caption
 
     # Per concept, how many images carry each tag; the first spelling seen names it.
     counts: dict[str, Counter] = {}
@@ -220,15 +220,15 @@ def prepare(policy: CaptionPolicy, dataset) -> PreparedCaptions:
         images[sample.concept] += 1
         seen = names.setdefault(sample.concept, {})
         for tag in tags:
-            seen.setdefault(_key(tag), tag)
-        counts.setdefault(sample.concept, Counter()).update({_key(t) for t in tags})
+            seen.setdefault(tag_key(tag), tag)
+        counts.setdefault(sample.concept, Counter()).update({tag_key(t) for t in tags})
     tag_frequency = {c: {names[c][k]: n for k, n in counter.most_common()} for c, counter in counts.items()}
 
     pruned_keys: dict[str, set[str]] = {}
     if policy.prune_defining > 0:
         for concept, counter in counts.items():
             # The trigger and concept name are what the pruned tags move into: never prune them.
-            protected = {_key(t) for t in _split(dataset.trigger) + _split(concept)}
+            protected = {tag_key(t) for t in split_tags(dataset.trigger) + split_tags(concept)}
             pruned_keys[concept] = {k for k, n in counter.items()
                                     if k not in protected and n >= policy.prune_defining * images[concept]}
     pruned = {c: tuple(names[c][k] for k, _ in counts[c].most_common() if k in keys)
@@ -237,7 +237,7 @@ def prepare(policy: CaptionPolicy, dataset) -> PreparedCaptions:
     tokens, fixed = [], []
     for sample, tags in zip(dataset.samples, per_sample):
         drop = pruned_keys.get(sample.concept, set())
-        caption = ", ".join(t for t in tags if _key(t) not in drop)
+        caption = ", ".join(t for t in tags if tag_key(t) not in drop)
         t, f = _final_tokens(policy, _render(policy, caption, dataset.trigger, sample.concept))
         tokens.append(t)
         fixed.append(f)

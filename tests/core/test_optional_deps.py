@@ -1,20 +1,8 @@
 """A missing or broken optional library disables only the feature that needs it."""
 
-import subprocess
 import sys
 
-from labtest import PACK_ROOT
-from labtest.blocking import blocker_dir
-
-
-def run_child(code: str, blocked: list[str], tmp_path) -> str:
-    """Runs `code` in a child Python where `blocked` packages cannot be imported."""
-    blocker = blocker_dir(tmp_path / "blocker", blocked)
-    prelude = f"import sys; sys.path.insert(0, {str(PACK_ROOT / 'tests')!r}); import labtest; labtest.register_pack()\n"
-    env = {"PYTHONPATH": str(blocker), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
+from labtest.blocking import run_child
 
 
 def test_background_removal_without_onnxruntime_names_the_pip_command(tmp_path):

@@ -23,3 +23,19 @@ def blocker_dir(directory: Path, names: list[str]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "sitecustomize.py").write_text(_SITECUSTOMIZE.format(names=sorted(names)))
     return directory
+
+
+def run_child(code: str, blocked: list[str], tmp_path: Path) -> str:
+    """Runs `code` in a child Python (with the pack importable) where `blocked` packages cannot
+    be imported; returns its stdout."""
+    import subprocess
+    import sys
+
+    from . import PACK_ROOT
+
+    blocker = blocker_dir(tmp_path / "blocker", blocked)
+    prelude = f"import sys; sys.path.insert(0, {str(PACK_ROOT / 'tests')!r}); import labtest; labtest.register_pack()\n"
+    env = {"PYTHONPATH": str(blocker), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
