@@ -5,14 +5,16 @@ from comfy_api.latest import ComfyExtension, io
 
 from . import host
 from .dataset_from_images import DatasetFromImages
-from .dataset_nodes import BalanceConcepts, CaptionTemplate, LoadDataset, MergeDatasets
+from .dataset_nodes import BalanceConcepts, CaptionTemplate, CompositePairs, LoadDataset, MergeDatasets
 from .demo_model import DemoModel
 from .loss_chart import LossChart
+from .mask_nodes import DatasetMasks, RemoveBackground
 from .train import Train
 from .train_config import Network, Objective, Optimizer, Samples, Save
 
 NODES: list[type[io.ComfyNode]] = [DemoModel, LoadDataset, DatasetFromImages, CaptionTemplate, BalanceConcepts,
-                                   MergeDatasets, Train, Network, Optimizer, Objective, Save, Samples, LossChart]
+                                   MergeDatasets, CompositePairs, RemoveBackground, DatasetMasks, Train, Network,
+                                   Optimizer, Objective, Save, Samples, LossChart]
 
 
 class LoRALabExtension(ComfyExtension):

@@ -2,7 +2,7 @@
 
 from comfy_api.latest import io
 
-from ..training import balance, captions, folder_dataset
+from ..training import balance, captions, composites, folder_dataset
 from ..training.buckets import BucketSettings, bucket_report, format_buckets
 from ..training.image_io import load_sample_pixels
 from ..training.loss_chart import as_image_batch
@@ -108,7 +108,8 @@ class MergeDatasets(io.ComfyNode):
         inputs = []
         for i in range(1, 5):
             inputs += [types.Dataset.Input(f"dataset_{i}", optional=i > 2, tooltip=f"Dataset {i} to merge."),
-                       io.Float.Input(f"share_{i}", default=0.0, min=0.0, max=1.0, step=0.01, tooltip=share)]
+                       io.Float.Input(f"share_{i}", default=0.0, min=0.0, max=1.0, step=0.01, optional=i > 2,
+                                      tooltip=share)]
         return io.Schema(
             node_id="LoRALabMergeDatasets", display_name="LoRA Lab Merge Datasets", category="LoRA Lab/dataset",
             description="Combines datasets (e.g. single images + composites, or regularisation images). Repeats "
@@ -187,3 +188,48 @@ class CaptionTemplate(io.ComfyNode):
         shaped = dataset.with_changes(caption_policy=policy, trigger=trigger.strip() or dataset.trigger)
         text = captions.preview(policy, shaped)
         return io.NodeOutput(shaped, text, ui={"text": [text]})
+
+
+class CompositePairs(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LoRALabCompositePairs", display_name="LoRA Lab Composite Pairs (1to2)", category="LoRA Lab/dataset",
+            description="Joins images of two different concepts side by side with a 'Left/Right/COMPOSITE' caption, so "
+                        "a model trained on single-subject images learns to draw two subjects in one image (seed 000).",
+            inputs=[
+                types.Dataset.Input("dataset", tooltip="A dataset with at least two concepts (their names are the "
+                                                       "trigger words used in the captions)."),
+                io.Int.Input("pairs_per_combination", default=4, min=1, max=10000,
+                             tooltip="Composites per ordered concept pair (A left of B, and B left of A)."),
+                io.Int.Input("all_combinations_up_to", default=0, min=0, max=100000,
+                             tooltip="Instead: every image pairing of two concepts, up to this many per ordered pair "
+                                     "(0 = use pairs_per_combination)."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
+                             tooltip="Seed of the random pairing."),
+                io.Int.Input("height", default=768, min=64, max=4096, step=8,
+                             tooltip="Both halves are scaled to this height (the composite is about twice as wide)."),
+                io.Boolean.Input("crop_to_subject", default=False,
+                                 tooltip="Crop each half to its mask's subject (plus margin) before joining."),
+                io.Int.Input("margin", default=32, min=0, max=1024, tooltip="Margin around the subject when cropping."),
+                io.Int.Input("gap", default=0, min=0, max=1024, tooltip="Pixels between the halves (not learned)."),
+                io.String.Input("caption_template", default="{left}/{right}/COMPOSITE, {tags_left}, {tags_right}",
+                                tooltip="Caption of a composite: {left} and {right} are the concept names, "
+                                        "{tags_left}/{tags_right} each half's tags after the caption template."),
+            ],
+            outputs=[
+                types.Dataset.Output(display_name="dataset", tooltip="The composites (never flipped: a flip would "
+                                                                     "swap left and right against the caption)."),
+                io.String.Output(display_name="summary", tooltip="Composites per concept pair."),
+                io.Image.Output(display_name="preview", tooltip="The first composites with masks and captions."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, dataset, pairs_per_combination, all_combinations_up_to, seed, height, crop_to_subject, margin,
+                gap, caption_template) -> io.NodeOutput:
+        settings = composites.CompositeSettings(pairs_per_combination, all_combinations_up_to, seed, height,
+                                                crop_to_subject, margin, gap, caption_template)
+        made, summary = composites.make_composites(dataset, settings)
+        preview = as_image_batch(composites.composite_preview(made))
+        return io.NodeOutput(made, summary, preview, ui={"text": [summary]})

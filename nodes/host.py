@@ -616,7 +616,7 @@ class Progress:
     def text(self, text: str) -> None:
         from server import PromptServer
 
-        if self.node_id is not None and PromptServer.instance is not None:
+        if self.node_id is not None and getattr(PromptServer, "instance", None) is not None:
             PromptServer.instance.send_progress_text(text, self.node_id)
 
 
@@ -742,13 +742,6 @@ def rembg_model_folders() -> list[Path]:
     return [Path(p) for p in folder_paths.get_folder_paths("rembg")]
 
 
-def numba_cache_folder() -> Path:
-    """A writable place for rembg's compiled numba kernels (its first import compiles for ~60 s)."""
-    import folder_paths
-
-    return Path(folder_paths.get_user_directory()) / "loralab" / "numba-cache"
-
-
 # --- Canvas: events and the run history route ---------------------------------------------------
 
 _routes_registered = False
@@ -765,7 +758,7 @@ def register_routes() -> None:
 
     from . import run_log
 
-    if PromptServer.instance is None:
+    if getattr(PromptServer, "instance", None) is None:
         return
     routes = PromptServer.instance.routes
 
@@ -787,7 +780,7 @@ def emit(payload: dict) -> None:
 
     from .run_log import EVENT
 
-    if PromptServer.instance is not None:
+    if getattr(PromptServer, "instance", None) is not None:
         PromptServer.instance.send_sync(EVENT, payload, None)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ..training import lora_file
+from ..masking.ops import fill_background
 from ..training.buckets import assign_bucket, fit_to_bucket
 from ..training.captions import prepare as prepare_captions
 from ..training.dataset import Dataset
@@ -75,6 +76,8 @@ def _training_pixels(dataset: Dataset, item) -> tuple[torch.Tensor, torch.Tensor
     """The sample's image and loss weight at the size it trains at: its bucket, or (datasets
     built from in-memory images) its own size cropped to a multiple of 16."""
     image, weight, _ = load_sample_pixels(item)
+    if dataset.masked_fill is not None and weight is not None:
+        image = fill_background(image, weight, "colour", dataset.masked_fill)
     if dataset.buckets is not None:
         size = (int(image.shape[1]), int(image.shape[0]))
         return fit_to_bucket(image, weight, assign_bucket(size, dataset.buckets))

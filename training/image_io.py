@@ -187,16 +187,19 @@ def read_caption(path) -> str:
     return caption
 
 
-def load_sample_pixels(sample, max_side: int = DEFAULT_MAX_SIDE):
+def load_sample_pixels(sample, max_side: int | None = None):
     """(image (H,W,3), loss weight (H,W) or None, warnings) for a dataset.DatasetSample.
 
-    In-memory samples come back as they are. A file-backed sample's weight comes from, in order:
+    In-memory samples come back as they are. A file is loaded at the size the scan recorded
+    (`sample.size`, i.e. with the same load-time downscale), unless `max_side` says otherwise. A file-backed sample's weight comes from, in order:
     its mask tensor, its sidecar mask file, or the image's own alpha when alpha_mask is set; a mask
     of the image's original size follows the load-time downscale silently, any other size is
     resized with a warning.
     """
     if sample.image is not None:
         return sample.image, sample.mask, ()
+    if max_side is None:
+        max_side = max(sample.size) if sample.size else DEFAULT_MAX_SIDE
     loaded = open_image(sample.path, max_side)
     notes = list(loaded.warnings)
     weight = None

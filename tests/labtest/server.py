@@ -119,6 +119,8 @@ class ComfyServer:
             answer = self.post("/prompt", {"prompt": prompt, "client_id": self.client_id})
         except urllib.error.HTTPError as e:
             raise PromptRejected(json.loads(e.read() or b"{}")) from None
+        if answer.get("node_errors"):  # some outputs failed validation: ComfyUI would run only the rest
+            raise PromptRejected(answer)
         return answer["prompt_id"]
 
     def wait(self, prompt_id: str, timeout: float = 300.0) -> dict:
