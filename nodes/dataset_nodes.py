@@ -1,5 +1,7 @@
 """Dataset nodes: Load Dataset (kohya folders), Balance Concepts, Merge Datasets, Caption Template."""
 
+from dataclasses import replace
+
 from comfy_api.latest import io
 
 from ..training import balance, captions, composites, folder_dataset
@@ -216,6 +218,9 @@ class CompositePairs(io.ComfyNode):
                 io.String.Input("caption_template", default="{left}/{right}/COMPOSITE, {tags_left}, {tags_right}",
                                 tooltip="Caption of a composite: {left} and {right} are the concept names, "
                                         "{tags_left}/{tags_right} each half's tags after the caption template."),
+                io.Int.Input("bucket_resolution", default=0, min=0, max=4096, step=64,
+                             tooltip="Training resolution of the composites' buckets (0 = the dataset's); e.g. 768 "
+                                     "for a stage 2 at a higher resolution than stage 1 (seed 000)."),
             ],
             outputs=[
                 types.Dataset.Output(display_name="dataset", tooltip="The composites (never flipped: a flip would "
@@ -227,9 +232,14 @@ class CompositePairs(io.ComfyNode):
 
     @classmethod
     def execute(cls, dataset, pairs_per_combination, all_combinations_up_to, seed, height, crop_to_subject, margin,
-                gap, caption_template) -> io.NodeOutput:
+                gap, caption_template, bucket_resolution=0) -> io.NodeOutput:
         settings = composites.CompositeSettings(pairs_per_combination, all_combinations_up_to, seed, height,
                                                 crop_to_subject, margin, gap, caption_template)
         made, summary = composites.make_composites(dataset, settings)
+        if bucket_resolution:
+            buckets = made.buckets or BucketSettings()
+            made = made.with_changes(buckets=replace(buckets, resolution=bucket_resolution,
+                                                     min_side=min(buckets.min_side, bucket_resolution),
+                                                     max_side=max(buckets.max_side, 2 * bucket_resolution)))
         preview = as_image_batch(composites.composite_preview(made))
         return io.NodeOutput(made, summary, preview, ui={"text": [summary]})

@@ -100,7 +100,7 @@ def test_folder_masks_composites_merge_and_train(server):
         "4": {"class_type": "LoRALabCompositePairs", "inputs": {
             "dataset": ["3", 0], "pairs_per_combination": 2, "all_combinations_up_to": 0, "seed": 0, "height": 128,
             "crop_to_subject": True, "margin": 8, "gap": 8,
-            "caption_template": "{left}/{right}/COMPOSITE, {tags_left}, {tags_right}"}},
+            "caption_template": "{left}/{right}/COMPOSITE, {tags_left}, {tags_right}", "bucket_resolution": 384}},
         "5": {"class_type": "LoRALabMergeDatasets", "inputs": {"dataset_1": ["3", 0], "share_1": 0.8,
                                                                "dataset_2": ["4", 0], "share_2": 0.2}},
         "6": train_node(["5", 0], name, steps=4, batch_size=2),
