@@ -5,7 +5,11 @@
 # - installs the pack's requirements and the test requirements;
 # - when a ComfyUI source tree is found ($COMFYUI_PATH, ../.. when the pack sits in
 #   custom_nodes/, or ~/comfy/ComfyUI) also installs ComfyUI's requirements, with the CPU-torch
-#   workarounds its torchvision/torchaudio wheels need. It never downloads ComfyUI itself.
+#   workarounds its torchvision/torchaudio wheels need. It never downloads ComfyUI itself;
+# - for the canvas tests: Debian's `chromium` (the browser test drives it through the Python
+#   `playwright` package of requirements-dev.txt; never `playwright install`) and `nodejs`
+#   (`node --test tests/js/`), installed with apt-get when missing and this runs as root
+#   (LORALAB_NO_APT=1 skips that); without them those tests are skipped with the reason.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${1:-$root/.venv}
@@ -23,6 +27,19 @@ pip install -q --upgrade pip
 pip install -q "$torch_pin"
 pip install -q -r "$root/requirements.txt" -c "$constraints"
 pip install -q -r "$root/requirements-dev.txt" -c "$constraints"
+
+missing=()
+[ -x /usr/bin/chromium ] || command -v chromium >/dev/null || missing+=(chromium)
+command -v node >/dev/null || missing+=(nodejs)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ -z "${LORALAB_NO_APT:-}" ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "dev-env: installing ${missing[*]} with apt-get (canvas tests)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        "${missing[@]}"; } >/dev/null 2>&1 || echo "dev-env: apt-get could not install ${missing[*]}; those tests will be skipped" >&2
+  else
+    echo "dev-env: ${missing[*]} missing (apt-get install -y ${missing[*]}); those tests will be skipped" >&2
+  fi
+fi
 
 comfy=$("$root/scripts/find-comfyui.sh" || true)
 if [ -n "$comfy" ]; then
