@@ -42,6 +42,7 @@ CAPTION = "a photo"
 LEARNING_RATE = 5e-4
 SEED = 0
 RESULT_PREFIX = "TRAIN_STEP_RESULT "
+BUSY_LOAD = 1.5  # a 1-thread run alone keeps the load average near 1
 
 # Per case: changes to the demo FLUX_UNET (None: the Demo Model node's tiny Flux) and the number of
 # steps per run (WARMUP of them dropped). The text/pooled widths stay those of the demo CLIP.
@@ -84,6 +85,12 @@ def _build_model(host, flux_changes: dict | None):
         return host.build_demo_model("Flux", "bf16", SEED)
 
 
+def _now() -> tuple[float, float]:
+    """(wall, process CPU) seconds: CPU time is the cross-check when other processes share the
+    cores (a preempted step gains wall time, not CPU time)."""
+    return time.perf_counter(), time.process_time()
+
+
 def _maxrss_mb() -> float:
     import resource
 
@@ -114,7 +121,7 @@ def _bf16_compute(model):
     return clone
 
 
-def _run_ours(host, model, latent, cond, steps: int) -> list[float]:
+def _run_ours(host, model, latent, cond, steps: int) -> list[tuple[float, float]]:
     import torch
 
     from comfyui_lora_lab.training.loop import LoopConfig, Sample, Trainer
@@ -122,7 +129,7 @@ def _run_ours(host, model, latent, cond, steps: int) -> list[float]:
     from comfyui_lora_lab.training.optimizers import build_optimizer
     from comfyui_lora_lab.training.schedulers import build_scheduler
 
-    ends: list[float] = []
+    ends: list[tuple[float, float]] = []
     with torch.inference_mode(False):  # as the Train node does inside the executor
         network = AdapterNetwork(host.target_modules(model, "all"), NetworkConfig("LoRA", RANK, float(RANK)),
                                  seed=SEED)
@@ -132,7 +139,7 @@ def _run_ours(host, model, latent, cond, steps: int) -> list[float]:
             scheduler = build_scheduler("constant", optimizer, steps)
             trainer = Trainer(_Autocast(tm), params, [Sample(latent, None, cond)], LoopConfig(steps=steps, seed=SEED),
                               optimizer, scheduler, network)
-            trainer.run(on_step=lambda record: ends.append(time.perf_counter()))
+            trainer.run(on_step=lambda record: ends.append(_now()))
     return ends
 
 
@@ -158,7 +165,7 @@ def _as_loaded_to_device(model) -> int:
     return replaced
 
 
-def _run_native(host, model, latent, cond, steps: int, lora_dtype: str = "fp32") -> list[float]:
+def _run_native(host, model, latent, cond, steps: int, lora_dtype: str = "fp32") -> list[tuple[float, float]]:
     """ComfyUI's TrainLoraNode.train called as the executor calls it (inside inference mode; the
     node leaves it itself). Step ends come from a global optimizer-step hook: ComfyUI's code runs
     unchanged."""
@@ -167,9 +174,9 @@ def _run_native(host, model, latent, cond, steps: int, lora_dtype: str = "fp32")
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     _as_loaded_to_device(model)
-    ends: list[float] = []
+    ends: list[tuple[float, float]] = []
     hook = register_optimizer_step_post_hook(
-        lambda optimizer, args, kwargs: ends.append(time.perf_counter()))
+        lambda optimizer, args, kwargs: ends.append(_now()))
     try:
         with torch.inference_mode():
             TrainLoraNode().train(
@@ -182,7 +189,7 @@ def _run_native(host, model, latent, cond, steps: int, lora_dtype: str = "fp32")
     return ends
 
 
-def _run_bare(host, model, latent, cond, steps: int) -> list[float]:
+def _run_bare(host, model, latent, cond, steps: int) -> list[tuple[float, float]]:
     """The same forward as ours (TrainingModel without adapters: frozen-weight wrappers, Flux block
     patches with checkpointing), the loss, and a backward to the input latent; no optimizer."""
     import torch
@@ -190,7 +197,7 @@ def _run_bare(host, model, latent, cond, steps: int) -> list[float]:
     from comfyui_lora_lab.training.masked_loss import per_sample_loss
     from comfyui_lora_lab.training.objective import FlowTimesteps, sample_flow_sigmas
 
-    ends: list[float] = []
+    ends: list[tuple[float, float]] = []
     with torch.inference_mode(False):
         with host.TrainingModel(_bf16_compute(model), None, checkpointing=True, guidance=1.0) as tm:
             predictor, family = _Autocast(tm), tm.family
@@ -204,7 +211,7 @@ def _run_bare(host, model, latent, cond, steps: int) -> list[float]:
                 loss = per_sample_loss(pred, family.target(x0, noise, sigma)).mean()
                 loss.backward()
                 loss.item()
-                ends.append(time.perf_counter())
+                ends.append(_now())
     return ends
 
 
@@ -219,6 +226,7 @@ def child(case: str, impl: str, steps: int, native_lora_dtype: str) -> None:
         latent = torch.randn(LATENT_SHAPE, generator=torch.Generator().manual_seed(SEED))
     tokens = cond[0].shape[1]
     setup_rss = _maxrss_mb()
+    load_before = os.getloadavg()[0]
     if impl == "native":
         ends = _run_native(host, demo.model, latent, cond, steps, native_lora_dtype)
     else:
@@ -226,11 +234,13 @@ def child(case: str, impl: str, steps: int, native_lora_dtype: str) -> None:
     if len(ends) != steps:
         raise SystemExit(f"{impl}: expected {steps} step timestamps, got {len(ends)}")
     # ends[i] closes step i+1; the steps after the warm-up have a full interval each.
-    durations = [(ends[i] - ends[i - 1]) * 1000 for i in range(WARMUP, steps)]
+    wall = [(ends[i][0] - ends[i - 1][0]) * 1000 for i in range(WARMUP, steps)]
+    cpu = [(ends[i][1] - ends[i - 1][1]) * 1000 for i in range(WARMUP, steps)]
     params = sum(p.numel() for p in demo.model.model.diffusion_model.parameters())
     print(RESULT_PREFIX + json.dumps({
-        "case": case, "impl": impl, "step_ms": statistics.median(durations), "steps_ms": durations,
+        "case": case, "impl": impl, "step_ms": statistics.median(wall), "steps_ms": wall, "steps_cpu_ms": cpu,
         "peak_rss_mb": _maxrss_mb(), "setup_rss_mb": setup_rss, "text_tokens": tokens,
+        "loadavg_1m": max(load_before, os.getloadavg()[0]),
         "model_params": params, "threads": torch.get_num_threads(), "torch": torch.__version__}), flush=True)
 
 
@@ -251,6 +261,7 @@ def run_child(case: str, impl: str, steps: int, native_lora_dtype: str) -> dict:
 def summarize(case: str, runs: dict[str, list[dict]], native_lora_dtype: str) -> dict:
     """Per implementation: the median of every timed step of its runs, the largest peak RSS."""
     step = {impl: statistics.median([ms for run in runs[impl] for ms in run["steps_ms"]]) for impl in IMPLS}
+    cpu = {impl: statistics.median([ms for run in runs[impl] for ms in run["steps_cpu_ms"]]) for impl in IMPLS}
     peak = {impl: max(run["peak_rss_mb"] for run in runs[impl]) for impl in IMPLS}
     first = runs["ours"][0]
     return {
@@ -263,11 +274,17 @@ def summarize(case: str, runs: dict[str, list[dict]], native_lora_dtype: str) ->
         "peak_rss_mb_bare": round(peak["bare"]),
         "ours_over_bare": round(step["ours"] / step["bare"], 3),
         "ours_over_native": round(step["ours"] / step["native"], 3),
+        "cpu_ms_ours": round(cpu["ours"], 1),
+        "cpu_ms_native": round(cpu["native"], 1),
+        "cpu_ms_bare": round(cpu["bare"], 1),
+        "cpu_ours_over_bare": round(cpu["ours"] / cpu["bare"], 3),
+        "cpu_ours_over_native": round(cpu["ours"] / cpu["native"], 3),
         "setup_rss_mb": round(min(run["setup_rss_mb"] for impl in IMPLS for run in runs[impl])),
         "model_params": first["model_params"],
         "text_tokens": first["text_tokens"],
         "steps_timed": sum(len(run["steps_ms"]) for run in runs["ours"]),
         "runs": len(runs["ours"]),
+        "max_loadavg_1m": round(max(run["loadavg_1m"] for impl in IMPLS for run in runs[impl]), 2),
         "native_lora_dtype": native_lora_dtype,
         "threads": first["threads"],
         "torch": first["torch"],
@@ -283,6 +300,12 @@ def markdown(rows: list[dict]) -> str:
                    f"{r['step_ms_native']:.1f} | {r['step_ms_bare']:.1f} | {r['ours_over_bare']:.2f} | "
                    f"{r['ours_over_native']:.2f} | {r['peak_rss_mb_ours']} | {r['peak_rss_mb_native']} | "
                    f"{r['peak_rss_mb_bare']} | {r['setup_rss_mb']} |")
+    head = "| case | ours CPU ms | native CPU ms | bare CPU ms | ours/bare (CPU) | ours/native (CPU) | max load avg |"
+    out += ["", "Process CPU time per step (the cross-check when other processes share the cores):", "",
+            head, "|" + "---|" * head.count(" | ") + "---|"]
+    for r in rows:
+        out.append(f"| {r['case']} | {r['cpu_ms_ours']:.1f} | {r['cpu_ms_native']:.1f} | {r['cpu_ms_bare']:.1f} | "
+                   f"{r['cpu_ours_over_bare']:.2f} | {r['cpu_ours_over_native']:.2f} | {r['max_loadavg_1m']:.2f} |")
     return "\n".join(out)
 
 
@@ -319,6 +342,10 @@ def main() -> None:
                 runs[impl].append(run_child(case, impl, steps, args.native_lora_dtype))
         rows.append(summarize(case, runs, args.native_lora_dtype))
         print(json.dumps(rows[-1]), flush=True)
+        if rows[-1]["max_loadavg_1m"] > BUSY_LOAD:
+            print(f"warning: the 1-minute load average reached {rows[-1]['max_loadavg_1m']} during case {case}: "
+                  "other processes shared the CPU, so wall times are inflated (compare the CPU times)",
+                  file=sys.stderr, flush=True)
     if args.markdown:
         print()
         print(markdown(rows))
