@@ -85,7 +85,9 @@ def example_prompt(args) -> dict:
 
 def _is_widget(spec) -> bool:
     kind = spec[0]
-    return isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+    # A forceInput input (e.g. Network's continue_from_path) is a socket in the frontend, with no widget.
+    return (isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")) \
+        and not (len(spec) > 1 and spec[1].get("forceInput"))
 
 
 def to_ui_workflow(prompt: dict, object_info: dict, note: str) -> dict:

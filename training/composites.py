@@ -156,7 +156,7 @@ def make_composites(dataset: Dataset, settings: CompositeSettings = CompositeSet
     notes = []
     if policy is not None and policy.is_random:
         notes.append("the caption policy's per-step shuffle and dropout do not carry into the composites' "
-                     "captions: add a Caption Template after Make Composites for them")
+                     "captions: add a Caption Template after Composite Pairs for them")
 
     halves: dict[int, torch.Tensor | UnreadableFile] = {}
 
