@@ -144,3 +144,38 @@ def test_missing_and_corrupt_weights_and_tiny_images_are_named(server):
     assert "isnet-anime.onnx" in message
     plant_model(server)
     assert "too small" in remove_background_error(server, "u2netp", size=1)
+
+
+def test_composites_wider_than_the_buckets_allow_are_refused(server):
+    name = f"wide_{uuid.uuid4().hex[:8]}"
+    make_concepts(server.base, name)
+    loader = load_dataset(name)
+    loader["inputs"].update(resolution=256, min_side=128, max_side=256)  # buckets at most 2:1
+    entry = server.run({
+        "1": loader,
+        "2": {"class_type": "LoRALabCompositePairs", "inputs": {
+            "dataset": ["1", 0], "pairs_per_combination": 1, "all_combinations_up_to": 0, "seed": 0, "height": 128,
+            "crop_to_subject": False, "margin": 0, "gap": 256, "bucket_resolution": 0,
+            "caption_template": "{left}/{right}/COMPOSITE, {tags_left}, {tags_right}"}},
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 2]}},
+    })
+    error = execution_error(entry)
+    assert error is not None and server.alive()
+    assert "do not fit the buckets" in error["exception_message"] and "crop" in error["exception_message"]
+
+
+def test_pairing_needs_two_concepts(server):
+    name = f"one_{uuid.uuid4().hex[:8]}"
+    folder = server.base / "input" / name / "1_solo"
+    folder.mkdir(parents=True)
+    subject_on_ground(folder / "a.png")
+    entry = server.run({
+        "1": load_dataset(name),
+        "2": {"class_type": "LoRALabCompositePairs", "inputs": {
+            "dataset": ["1", 0], "pairs_per_combination": 1, "all_combinations_up_to": 0, "seed": 0, "height": 128,
+            "crop_to_subject": False, "margin": 0, "gap": 0, "bucket_resolution": 0,
+            "caption_template": "{left}/{right}/COMPOSITE, {tags_left}, {tags_right}"}},
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 2]}},
+    })
+    error = execution_error(entry)
+    assert error is not None and "at least two concepts" in error["exception_message"]
