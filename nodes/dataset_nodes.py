@@ -5,7 +5,7 @@ from dataclasses import replace
 from comfy_api.latest import io
 
 from ..training import balance, captions, composites, folder_dataset
-from ..training.buckets import BucketSettings, assign_bucket, bucket_report, cropped_fraction, format_buckets
+from ..training.buckets import BucketSettings, assign_bucket, bucket_report, cropped_width, format_buckets
 from ..training.image_io import load_sample_pixels
 from ..training.loss_chart import as_image_batch
 from ..training.preview import grid, tile
@@ -250,16 +250,16 @@ MAX_COMPOSITE_CROP = 0.1  # more would cut into the left or right subject agains
 
 
 def _check_composites_fit(dataset) -> None:
-    """A composite whose aspect ratio no bucket offers would be centre-cropped in training,
-    cutting into the outer subjects: refuse it with what to change."""
+    """A composite wider than any bucket would be centre-cropped at the sides in training,
+    cutting into the outer subjects against the caption: refuse it with what to change."""
     if dataset.buckets is None:
         return
     for sample in dataset.samples:
         size = sample.pixel_size
         bucket = assign_bucket(size, dataset.buckets)
-        lost = cropped_fraction(size, bucket)
+        lost = cropped_width(size, bucket)
         if lost > MAX_COMPOSITE_CROP:
             raise ValueError(f"composites of {size[0]}x{size[1]} do not fit the buckets of resolution "
                              f"{dataset.buckets.resolution} (max side {dataset.buckets.max_side}): training would crop "
-                             f"{lost:.0%} of them (bucket {bucket[0]}x{bucket[1]}). Raise the Load Dataset max_side or "
+                             f"{lost:.0%} of their width (bucket {bucket[0]}x{bucket[1]}). Raise the Load Dataset max_side or "
                              f"bucket_resolution, lower the gap, or crop_to_subject")

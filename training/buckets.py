@@ -97,12 +97,11 @@ def fit_to_bucket(image: torch.Tensor, mask: torch.Tensor | None,
     return fitted, None if mask is None else fit(mask.float()[None], "bilinear")[0].contiguous()
 
 
-def cropped_fraction(size: tuple[int, int], bucket: tuple[int, int]) -> float:
-    """The share of the image's width (or height) that fit_to_bucket crops away."""
+def cropped_width(size: tuple[int, int], bucket: tuple[int, int]) -> float:
+    """The share of the image's width that fit_to_bucket crops away (left and right)."""
     width, height = size
     bucket_w, bucket_h = bucket
-    scale = max(bucket_w / width, bucket_h / height)
-    return max(1 - bucket_w / (width * scale), 1 - bucket_h / (height * scale))
+    return max(0.0, 1 - bucket_w / (width * max(bucket_w / width, bucket_h / height)))
 
 
 def bucket_report(sizes: list[tuple[int, int]], settings: BucketSettings) -> dict[tuple[int, int], int]:

@@ -4,13 +4,15 @@
 // keeps each node's latest run (GET /loralab/runs/{node id}). This extension keeps one chart
 // state per node id, fed by those events, and re-fetches the run when a node appears (page load,
 // second tab, workflow switch) or when events arrive for a run it did not see start.
+// Under the chart, a strip shows each checkpoint's samples (thumbnails from ComfyUI's /view, labelled
+// "step N", newest first), from the same state, so they too survive a reload.
 // Drawing logic lives in loss_chart_core.js (pure, unit-tested with `node --test`).
 
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import {
   applyEvent, applyFetched, computeScale, downsample, estimateEta, formatEta, formatLoss, niceTicks,
-  parseLenientJson, placeMarkers, smooth, stepScale, summarize,
+  parseLenientJson, placeMarkers, sampleGroups, smooth, stepScale, summarize,
 } from "./loss_chart_core.js";
 
 const EXTENSION = "LoRALab.LossChart";
@@ -18,6 +20,9 @@ const NODE_TYPE = "LoRALabTrain";
 const EVENT = "loralab.progress";
 const LOG_PROPERTY = "loralab_log_scale";
 const CHART_HEIGHT = 180;
+const THUMB_HEIGHT = 64;
+// the sample strip under the chart: a label line, the thumbnails, room for a horizontal scrollbar
+const STRIP_HEIGHT = THUMB_HEIGHT + 14 + 12;
 
 const COLORS = {
   background: "#1c1c20",
@@ -120,7 +125,15 @@ class ChartView {
     this.canvas = document.createElement("canvas");
     this.canvas.className = "loralab-chart-canvas";
     this.canvas.style.cssText = "flex:1;min-height:0;width:100%;border-radius:4px;display:block;";
-    root.append(header, this.canvas);
+    // samples of each checkpoint, newest first, in a row that scrolls sideways; hidden until a
+    // run has samples (the node grows by STRIP_HEIGHT then, see getMinHeight in attachChart)
+    this.strip = document.createElement("div");
+    this.strip.className = "loralab-samples";
+    this.strip.style.cssText = `display:none;flex:none;height:${STRIP_HEIGHT}px;gap:8px;overflow-x:auto;` +
+      "overflow-y:hidden;align-items:flex-start;";
+    this.sampleKey = "";
+    this.thumbs = new Map(); // view query -> <img>, kept while its sample is shown
+    root.append(header, this.canvas, this.strip);
     this.element = root;
 
     if (typeof ResizeObserver !== "undefined") {
@@ -187,10 +200,63 @@ class ChartView {
     if (this.summary.textContent !== text) this.summary.textContent = text;
   }
 
+  get hasSamples() {
+    return this.sampleKey !== "";
+  }
+
+  /** Rebuilds the sample strip when the state's samples changed; grows the node to show it. */
+  updateSamples(state) {
+    const { groups, key } = sampleGroups(state?.samples);
+    if (key === this.sampleKey) return;
+    const wasShown = this.hasSamples;
+    this.sampleKey = key;
+    const thumbs = new Map();
+    const children = groups.map((group) => {
+      const box = document.createElement("div");
+      box.className = "loralab-sample-group";
+      box.dataset.step = String(group.step);
+      box.style.cssText = "flex:none;display:flex;flex-direction:column;gap:1px;";
+      const label = document.createElement("span");
+      label.className = "loralab-sample-label";
+      label.textContent = group.label;
+      label.style.cssText = "line-height:13px;color:" + COLORS.sample + ";";
+      const row = document.createElement("div");
+      row.style.cssText = `display:flex;gap:2px;height:${THUMB_HEIGHT}px;`;
+      for (const query of group.images) {
+        let img = this.thumbs.get(query) ?? thumbs.get(query);
+        if (!img) {
+          img = document.createElement("img");
+          img.className = "loralab-sample-img";
+          img.decoding = "async";
+          img.draggable = false;
+          img.style.cssText = `height:${THUMB_HEIGHT}px;width:auto;min-width:16px;border-radius:3px;` +
+            "background:" + COLORS.background + ";object-fit:contain;";
+          img.src = api.apiURL(`/view?${query}`);
+        }
+        img.title = `${group.label}: ${new URLSearchParams(query).get("filename")}`;
+        thumbs.set(query, img);
+        row.append(img);
+      }
+      if (!group.images.length) row.append(document.createTextNode("no images"));
+      box.append(label, row);
+      return box;
+    });
+    this.thumbs = thumbs;
+    this.strip.replaceChildren(...children);
+    this.strip.style.display = children.length ? "flex" : "none";
+    if (this.hasSamples !== wasShown) {
+      // the widget's minimum height changed: let the node grow (never shrink what the user sized)
+      const [, h] = this.node.computeSize();
+      if (this.hasSamples && (this.node.size?.[1] ?? 0) < h) this.node.setSize([this.node.size[0], h]);
+      this.node.setDirtyCanvas?.(true, true);
+    }
+  }
+
   draw() {
     const state = this.state;
     const stats = summarize(state?.steps ?? []);
     this.updateSummary(state, stats);
+    this.updateSamples(state);
     const canvas = this.canvas;
     const cssW = canvas.clientWidth;
     const cssH = canvas.clientHeight;
@@ -404,8 +470,8 @@ function attachChart(node) {
   views.add(view);
   node.addDOMWidget("loss_chart", "loralab_loss_chart", view.element, {
     serialize: false,
-    getMinHeight: () => CHART_HEIGHT,
-    getMaxHeight: () => CHART_HEIGHT * 3,
+    getMinHeight: () => CHART_HEIGHT + (view.hasSamples ? STRIP_HEIGHT : 0),
+    getMaxHeight: () => CHART_HEIGHT * 3 + (view.hasSamples ? STRIP_HEIGHT : 0),
   });
   const [w, h] = node.computeSize();
   node.setSize([Math.max(w, node.size?.[0] ?? 0, 420), Math.max(h, node.size?.[1] ?? 0)]);

@@ -372,3 +372,35 @@ export function parseLenientJson(text) {
     return JSON.parse(out);
   }
 }
+
+/**
+ * The query of ComfyUI's GET /view for one image entry ({filename, subfolder, type}), as the
+ * frontend builds it (URLSearchParams of the entry): "filename=…&subfolder=…&type=temp". A missing
+ * subfolder is "", a missing type "temp" (where the trainer's samples go). null without a filename.
+ */
+export function viewQuery(image) {
+  if (!image || typeof image.filename !== "string" || !image.filename) return null;
+  return new URLSearchParams({
+    filename: image.filename,
+    subfolder: typeof image.subfolder === "string" ? image.subfolder : "",
+    type: typeof image.type === "string" && image.type ? image.type : "temp",
+  }).toString();
+}
+
+/**
+ * The sample strip's groups: one per checkpoint step (the first entry of a step wins, as in
+ * applyEvent), newest first, each {step, label: "step N", images: [query, ...]} with the view
+ * queries of its images (entries without a filename are left out). `key` changes exactly when
+ * what the strip shows changes, so the page rebuilds it only then.
+ */
+export function sampleGroups(samples) {
+  const byStep = new Map();
+  for (const s of samples || []) {
+    if (!s || !Number.isFinite(s.step) || byStep.has(s.step)) continue;
+    const images = (Array.isArray(s.images) ? s.images : []).map(viewQuery).filter((q) => q !== null);
+    byStep.set(s.step, { step: s.step, label: `step ${s.step}`, images });
+  }
+  const groups = [...byStep.values()].sort((a, b) => b.step - a.step);
+  const key = groups.map((g) => `${g.step}:${g.images.join(",")}`).join("|");
+  return { groups, key };
+}

@@ -1,7 +1,8 @@
 """The canvas in a real browser: ComfyUI's own frontend, served by a real ComfyUI with only this
 pack, in headless Debian Chromium driven by Playwright (offline: no browser download). A graph is
 built and queued through `window.app`; the assertions read the page: the loss chart got every
-step, the progress text and the sample preview reached the node, a reload re-fetches the history,
+step, the progress text and the sample preview reached the node, the sample strip shows every
+checkpoint's samples labelled with their step, a reload re-fetches the history and the samples,
 two Train nodes keep separate charts, and an empty or NaN-laden chart draws without errors.
 
 Screenshots go to test-artifacts/ (git-ignored). Skipped, with the reason, when Chromium or the
@@ -94,6 +95,13 @@ HELPERS = r"""
       progressText: text ? String(text.value) : null,
       imgs: node && node.imgs ? node.imgs.length : 0,
       outputImages: (app.nodeOutputs?.[String(id)]?.images ?? []).length,
+      // the sample strip under the chart: one group per checkpoint, newest first
+      strip: view ? [...view.strip.querySelectorAll(".loralab-sample-group")].map((g) => ({
+        label: g.querySelector(".loralab-sample-label").textContent,
+        images: [...g.querySelectorAll("img")].map((img) => ({ src: img.getAttribute("src"), complete: img.complete,
+                                                               width: img.naturalWidth, shown: img.offsetHeight })),
+      })) : null,
+      stripShown: view ? view.strip.offsetHeight > 0 : null,
     };
   };
   // Puts a node at the top left of the canvas at scale 1, for a screenshot; returns its box on
@@ -277,6 +285,27 @@ def wait_for_status(page, node_id, status: str = "success", timeout: float = 120
                            arg=[node_id, status], timeout=timeout)
 
 
+STRIP_LOADED = """(id) => {
+  const imgs = [...(app.graph.getNodeById(id)?.loralabChart?.strip.querySelectorAll("img") ?? [])];
+  return imgs.length > 0 && imgs.every((img) => img.complete && img.naturalWidth > 0);
+}"""
+
+
+def check_sample_strip(page, node_id, steps: list[int]) -> list[dict]:
+    """The node's sample strip shows one group per sample step, newest first, labelled "step N",
+    and every thumbnail loaded from ComfyUI's /view (a temp image)."""
+    page.wait_for_function(STRIP_LOADED, arg=node_id, timeout=30_000)
+    strip = chart(page, node_id)["strip"]
+    assert [g["label"] for g in strip] == [f"step {n}" for n in sorted(steps, reverse=True)], strip
+    for group in strip:
+        assert group["images"], group
+        for img in group["images"]:
+            assert img["complete"] and img["width"] > 0 and img["shown"] >= 60, img
+            assert "/view?filename=" in img["src"] and img["src"].endswith("&type=temp"), img
+    assert chart(page, node_id)["stripShown"]
+    return strip
+
+
 def test_chart_follows_a_run_and_survives_a_reload(page, server):
     started = time.monotonic()
     name = f"canvas_{uuid.uuid4().hex[:8]}"
@@ -292,6 +321,9 @@ def test_chart_follows_a_run_and_survives_a_reload(page, server):
     # past the sample of step 10: bar, text, chart and the live sample preview together
     page.wait_for_function("(id) => (window.__lab.ext().chartState(id)?.steps.length ?? 0) >= 12 "
                            "&& window.__lab.chart(id).imgs > 0", arg=train, timeout=120_000)
+    # the samples show in the strip as they are made, before the run ends
+    page.wait_for_function(STRIP_LOADED, arg=train, timeout=30_000)
+    assert [g["label"] for g in chart(page, train)["strip"]][-2:] == ["step 10", "step 0"]
     screenshot(page, "canvas_running_node.png", node_id=train)
     wait_for_status(page, train)
     # the sample images of the finished run reach the node (ui.images of `executed`) and show on it
@@ -310,6 +342,7 @@ def test_chart_follows_a_run_and_survives_a_reload(page, server):
     assert {m["kind"] for m in draw["markers"]} == {"save", "sample"}
     assert done["summary"].startswith("last ") and "20/20" in done["summary"] and "done" in done["summary"]
     assert done["drawErrors"] == 0
+    strip = check_sample_strip(page, train, [0, 10, 20])
     server_run = server.get(f"/loralab/runs/{train}")
     assert server_run["run"] == done["run"] and len(server_run["steps"]) == 20
     screenshot(page, "canvas_done.png")
@@ -345,6 +378,8 @@ def test_chart_follows_a_run_and_survives_a_reload(page, server):
     assert again["run"] == done["run"] and again["status"] == "success"
     assert again["summary"] == done["summary"]
     assert again["lastDraw"]["log"] is True  # the log switch came back with the workflow
+    # the samples come back with the run: same groups, same images (ComfyUI's preview does not)
+    assert check_sample_strip(page, train, [0, 10, 20]) == strip
     screenshot(page, "canvas_after_reload.png", node_id=train)
     page.errors.check()
     print(f"chart test: {time.monotonic() - started:.1f} s (workflow restored by the frontend: "

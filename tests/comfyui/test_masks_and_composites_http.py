@@ -109,7 +109,7 @@ def test_folder_masks_composites_merge_and_train(server):
         "99": optimizer(batch_size=2),
     }
     entry = server.run(prompt)
-    assert execution_error(entry) is None, execution_error(entry)
+    assert execution_error(entry) is None, (execution_error(entry) or {}).get("exception_message")
     masks = entry["outputs"]["3"]["text"][0]
     assert masks.count("mask covers") == 5
     composites = entry["outputs"]["4"]["text"][0]

@@ -158,9 +158,9 @@ def test_log_distance_is_symmetric_for_transposed_images():
         assert math.isclose(math.log(a[0] / a[1]), -math.log(b[0] / b[1]))
 
 
-def test_cropped_fraction_measures_what_fitting_cuts_away():
-    from comfyui_lora_lab.training.buckets import cropped_fraction
+def test_cropped_width_measures_what_fitting_cuts_off_the_sides():
+    from comfyui_lora_lab.training.buckets import cropped_width
 
-    assert cropped_fraction((512, 512), (512, 512)) == 0
-    assert abs(cropped_fraction((1024, 256), (512, 256)) - 0.5) < 1e-9  # a 4:1 image in a 2:1 bucket
-    assert abs(cropped_fraction((256, 512), (256, 384)) - 0.25) < 1e-9
+    assert cropped_width((512, 512), (512, 512)) == 0
+    assert abs(cropped_width((1024, 256), (512, 256)) - 0.5) < 1e-9  # a 4:1 image in a 2:1 bucket
+    assert cropped_width((256, 512), (256, 384)) == 0  # only the height is cropped

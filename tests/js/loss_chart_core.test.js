@@ -4,7 +4,7 @@ import { describe, test } from "node:test";
 
 import {
   applyEvent, applyFetched, computeScale, downsample, estimateEta, formatEta, formatLoss, mergeSteps,
-  niceTicks, parseLenientJson, placeMarkers, smooth, stepScale, summarize, toLoss,
+  niceTicks, parseLenientJson, placeMarkers, sampleGroups, smooth, stepScale, summarize, toLoss, viewQuery,
 } from "../../web/loss_chart_core.js";
 
 const close = (a, b, eps = 1e-9) => assert.ok(Math.abs(a - b) <= eps, `${a} != ${b}`);
@@ -307,5 +307,40 @@ describe("chart state from events", () => {
   test("a repeated step replaces the earlier entry", () => {
     assert.deepEqual(mergeSteps([{ step: 1, loss: 1 }, { step: 2, loss: 2 }], [{ step: 2, loss: 3 }]),
                      [{ step: 1, loss: 1 }, { step: 2, loss: 3 }]);
+  });
+});
+
+describe("sample strip", () => {
+  test("viewQuery builds ComfyUI's /view query from an image entry", () => {
+    assert.equal(viewQuery({ filename: "loralab/x_step000010_00001_.png", subfolder: "", type: "temp" }),
+                 "filename=loralab%2Fx_step000010_00001_.png&subfolder=&type=temp");
+    assert.equal(viewQuery({ filename: "a b&c.png", subfolder: "loralab" }), "filename=a+b%26c.png&subfolder=loralab&type=temp");
+    assert.equal(viewQuery({ filename: "o.png", subfolder: "s", type: "output" }), "filename=o.png&subfolder=s&type=output");
+    assert.equal(viewQuery({ subfolder: "s" }), null);
+    assert.equal(viewQuery(null), null);
+    const params = new URLSearchParams(viewQuery({ filename: "é/ü?.png", subfolder: "x/y" }));
+    assert.equal(params.get("filename"), "é/ü?.png");
+    assert.equal(params.get("subfolder"), "x/y");
+  });
+
+  test("one group per step, newest first, labelled with the step", () => {
+    const img = (f) => ({ filename: f, subfolder: "", type: "temp" });
+    const { groups, key } = sampleGroups([
+      { step: 0, images: [img("a.png"), img("b.png")] },
+      { step: 20, images: [img("e.png")] },
+      { step: 10, images: [img("c.png"), { subfolder: "" }] },
+      { step: 10, images: [img("late.png")] }, // a repeated step: the first entry stays
+      { step: NaN, images: [img("x.png")] },
+      null,
+    ]);
+    assert.deepEqual(groups.map((g) => g.step), [20, 10, 0]);
+    assert.deepEqual(groups.map((g) => g.label), ["step 20", "step 10", "step 0"]);
+    assert.deepEqual(groups.map((g) => g.images.length), [1, 1, 2]);
+    assert.equal(groups[1].images[0], "filename=c.png&subfolder=&type=temp");
+    assert.equal(key, sampleGroups([{ step: 10, images: [img("c.png")] }, { step: 0, images: [img("a.png"), img("b.png")] },
+                                     { step: 20, images: [img("e.png")] }]).key);
+    assert.notEqual(key, sampleGroups([{ step: 0, images: [img("a.png")] }]).key);
+    assert.deepEqual(sampleGroups(undefined), { groups: [], key: "" });
+    assert.deepEqual(sampleGroups([{ step: 3 }]).groups, [{ step: 3, label: "step 3", images: [] }]);
   });
 });
