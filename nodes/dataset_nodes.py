@@ -246,7 +246,7 @@ class CompositePairs(io.ComfyNode):
         return io.NodeOutput(made, summary, preview, ui={"text": [summary]})
 
 
-MAX_COMPOSITE_CROP = 0.1  # more would cut into the left or right subject against its caption
+MAX_COMPOSITE_CROP = 0.2  # more cuts into the left or right subject (small resolutions have coarse buckets)
 
 
 def _check_composites_fit(dataset) -> None:

@@ -128,7 +128,7 @@ def scaled_down(prompt: dict, family: str, tag: str) -> dict:
 def test_scaled_down_example_trains_end_to_end(server, object_info, name):
     prompt = scaled_down(example_workflows.WORKFLOWS[name]()[0], FAMILY[name.split("_")[0]], uuid.uuid4().hex[:8])
     entry = server.run(prompt)
-    assert execution_error(entry) is None, execution_error(entry)
+    assert execution_error(entry) is None, (execution_error(entry) or {}).get("exception_message")
     trains = [key for key, node in prompt.items() if node["class_type"] == "LoRALabTrain"]
     assert len(trains) == (2 if "two_stage" in name else 1)
     for key in trains:  # both stages of the 1to2 workflow
