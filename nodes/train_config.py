@@ -24,8 +24,9 @@ class Network(io.ComfyNode):
             description="Adapter algorithm, size and target layers for LoRA Lab Train.",
             inputs=[
                 io.Combo.Input("algorithm", options=list(ALGORITHMS), default="LoRA",
-                               tooltip="LoRA (linear layers), LoCon (+ convolutions), LoHa, LoKr. All load in "
-                                       "ComfyUI's stock LoraLoader."),
+                               tooltip="LoRA (linear layers), LoCon (+ convolutions), LoHa, LoKr, GLoRA, Diag-OFT "
+                                       "(rank = block size), DoRA (slower: recomputes each adapted weight). All load in "
+                                       "ComfyUI's stock LoraLoader exactly as trained."),
                 io.Int.Input("rank", default=16, min=1, max=1024, tooltip="Network dim: adapter rank for linear layers."),
                 io.Float.Input("alpha", default=16.0, min=0.01, max=1024.0, step=0.5,
                                tooltip="Network alpha; the update is scaled by alpha/rank (kohya guides: 1/4 to 1/2 of rank)."),

@@ -21,7 +21,8 @@ from ..training.loss_chart import as_image_batch
 from ..training.loss_chart import render as render_loss_chart
 from ..training.loss_chart import smoothed
 from ..training.masked_loss import pool_to_latent
-from ..training.network import LYCORIS_ALGO, NETWORK_MODULE, AdapterNetwork, AdapterSet, NetworkConfig
+from ..training.network import (EXTRA_NETWORK_ARGS, LYCORIS_ALGO, NETWORK_MODULE, AdapterNetwork, AdapterSet,
+                                NetworkConfig)
 from ..training.optimizers import build_optimizer
 from ..training.schedulers import build_scheduler
 from ..training.settings import NetworkSettings, ObjectiveSettings, OptimizerSettings, SampleSettings, SaveSettings
@@ -129,6 +130,7 @@ def _network_args(req: RunRequest) -> dict:
     args = {"preset": req.network.preset}
     if cfg.algorithm in LYCORIS_ALGO:
         args.update(algo=LYCORIS_ALGO[cfg.algorithm], conv_dim=str(cfg.conv_rank), conv_alpha=str(cfg.conv_alpha))
+    args.update(EXTRA_NETWORK_ARGS.get(cfg.algorithm, {}))
     if cfg.dropout:
         args["dropout"] = str(cfg.dropout)
     return args

@@ -21,10 +21,14 @@ from .optional_deps import import_optional
 # Diag-OFT keeps lycoris' defaults of no constraint and no rescale: the only form ComfyUI's
 # stock loader applies correctly.
 ALGORITHMS = {"LoRA": "LoConModule", "LoCon": "LoConModule", "LoHa": "LohaModule", "LoKr": "LokrModule",
-              "GLoRA": "GLoRAModule", "Diag-OFT": "DiagOFTModule"}
+              "GLoRA": "GLoRAModule", "Diag-OFT": "DiagOFTModule", "DoRA": "LoConModule"}
+# DoRA's magnitude is kept per input column (wd_on_output=False): the form ComfyUI's loader applies.
+MODULE_OPTIONS = {"DoRA": {"weight_decompose": True, "wd_on_out": False}}
 # ss_network_module / ss_network_args that kohya-compatible tools read from the metadata.
 NETWORK_MODULE = {name: "lycoris.kohya" for name in ALGORITHMS} | {"LoRA": "networks.lora"}
-LYCORIS_ALGO = {"LoCon": "locon", "LoHa": "loha", "LoKr": "lokr", "GLoRA": "glora", "Diag-OFT": "diag-oft"}
+LYCORIS_ALGO = {"LoCon": "locon", "LoHa": "loha", "LoKr": "lokr", "GLoRA": "glora", "Diag-OFT": "diag-oft",
+                "DoRA": "locon"}
+EXTRA_NETWORK_ARGS = {"DoRA": {"dora_wd": "True", "wd_on_output": "False"}}
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,16 @@ def _add_oft_output(adapter, module, args, output):
     return output + diff - (rotated - bias)
 
 
-_HOOKS = {"GLoRA": _add_glora_output, "Diag-OFT": _add_oft_output}
+def _dora_output(adapter, module, args, output):
+    # DoRA rescales the merged weight's columns, which no added difference can express: the
+    # layer is recomputed with the decomposed weight (a full-size weight per step, as DoRA costs).
+    x = args[0]
+    merged = adapter.get_merged_weight(shape=adapter.shape, device=x.device)[0].to(x.dtype)
+    bias = None if getattr(module, "bias", None) is None else module.bias.detach().to(x)
+    return adapter.op(x, merged, bias, **adapter.kw_dict)
+
+
+_HOOKS = {"GLoRA": _add_glora_output, "Diag-OFT": _add_oft_output, "DoRA": _dora_output}
 
 
 class AdapterNetwork(nn.Module):
@@ -115,10 +128,11 @@ class AdapterNetwork(nn.Module):
                 rank, alpha = _rank_for(module, config)
                 if rank == 0:
                     continue
-                if config.algorithm in ("LoRA", "LoCon") and rank > _largest_rank(module):
+                if config.algorithm in ("LoRA", "LoCon", "DoRA") and rank > _largest_rank(module):
                     raise ValueError(f"rank {rank} is larger than layer {name} allows ({_largest_rank(module)})")
                 adapters[name] = module_class(name, module, multiplier=1.0, lora_dim=rank, alpha=alpha,
-                                              dropout=config.dropout, bypass_mode=True)
+                                              dropout=config.dropout, bypass_mode=True,
+                                              **MODULE_OPTIONS.get(config.algorithm, {}))
                 self._targets[name] = module
         if not adapters:
             raise ValueError("the network has no layer to adapt: check the target preset and ranks")

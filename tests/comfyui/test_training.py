@@ -95,7 +95,7 @@ def test_latents_use_the_family_latent_scaling(host, family):
     assert torch.allclose(scaled, (raw - shift) * scale, atol=1e-6)
 
 
-ALGORITHMS = [("LoRA", 0), ("LoCon", 4), ("LoHa", 4), ("LoKr", 4), ("GLoRA", 0), ("Diag-OFT", 0)]
+ALGORITHMS = [("LoRA", 0), ("LoCon", 4), ("LoHa", 4), ("LoKr", 4), ("GLoRA", 0), ("Diag-OFT", 0), ("DoRA", 0)]
 
 
 @pytest.mark.parametrize("algorithm, conv_rank", ALGORITHMS)
@@ -219,7 +219,7 @@ def test_text_encoder_training_saves_loadable_te_weights_and_leaves_input_clip_a
     assert not torch.allclose(before, encode(loaded_clip))  # the file changes what the CLIP encodes
 
 
-@pytest.mark.parametrize("algorithm", ["LoRA", "LoHa", "LoKr", "GLoRA", "Diag-OFT"])
+@pytest.mark.parametrize("algorithm", ["LoRA", "LoHa", "LoKr", "GLoRA", "Diag-OFT", "DoRA"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_text_encoder_adapter_file_loads_as_trained(host, comfy_nodes, family, algorithm, caplog, tmp_path):
     import comfy.sd
