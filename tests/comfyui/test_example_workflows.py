@@ -92,13 +92,13 @@ def test_example_is_valid_for_the_live_node_definitions(object_info, name):
 def test_validator_reports_what_the_frontend_would_not_load(object_info, generated):
     workflow = copy.deepcopy(generated["sd15_1to2_two_stage_loha"])
     nodes = {node["type"]: node for node in workflow["nodes"]}  # the last of each type
-    nodes["LoRALabNetwork"]["widgets_values"][0] = "DoRA"  # not a combo option
+    nodes["LoRALabNetwork"]["widgets_values"][0] = "IA3"  # not a combo option
     nodes["LoRALabOptimizer"]["widgets_values"][5] = 0  # batch_size below its min
     nodes["LoRALabSave"]["widgets_values"].pop()  # a widget value missing
     nodes["CLIPSetLastLayer"]["type"] = "CLIPSetLastLayerTypo"
     workflow["links"][-1][5] = "MASK"  # a link whose type does not match its ends
     errors = "\n".join(validate_workflow(workflow, object_info))
-    for expected in ("'DoRA' is not among the options", "batch_size: 0 outside [1, 256]",
+    for expected in ("'IA3' is not among the options", "batch_size: 0 outside [1, 256]",
                      "7 widget values for 8 widgets", "CLIPSetLastLayerTypo): no such node type", "link type MASK"):
         assert expected in errors
 
