@@ -39,10 +39,6 @@ class SnrWeighting:
         if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
             raise ValueError(f"min-SNR gamma must be > 0 (kohya uses 5), got {self.min_snr_gamma}")
 
-    @property
-    def active(self) -> bool:
-        return self.min_snr_gamma is not None or self.debiased
-
 
 @dataclass(frozen=True)
 class Flow:

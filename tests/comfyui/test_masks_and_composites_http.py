@@ -146,20 +146,25 @@ def test_missing_and_corrupt_weights_and_tiny_images_are_named(server):
     assert "too small" in remove_background_error(server, "u2netp", size=1)
 
 
+def pairing_error(server, loader, gap):
+    """Load Dataset -> Composite Pairs (one pair per combination): the error the pairing raises."""
+    entry = server.run({
+        "1": loader,
+        "2": {"class_type": "LoRALabCompositePairs", "inputs": {
+            "dataset": ["1", 0], "pairs_per_combination": 1, "all_combinations_up_to": 0, "seed": 0, "height": 128,
+            "crop_to_subject": False, "margin": 0, "gap": gap, "bucket_resolution": 0,
+            "caption_template": "{left}/{right}/COMPOSITE, {tags_left}, {tags_right}"}},
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 2]}},
+    })
+    return execution_error(entry)
+
+
 def test_composites_wider_than_the_buckets_allow_are_refused(server):
     name = f"wide_{uuid.uuid4().hex[:8]}"
     make_concepts(server.base, name)
     loader = load_dataset(name)
     loader["inputs"].update(resolution=256, min_side=128, max_side=256)  # buckets at most 2:1
-    entry = server.run({
-        "1": loader,
-        "2": {"class_type": "LoRALabCompositePairs", "inputs": {
-            "dataset": ["1", 0], "pairs_per_combination": 1, "all_combinations_up_to": 0, "seed": 0, "height": 128,
-            "crop_to_subject": False, "margin": 0, "gap": 256, "bucket_resolution": 0,
-            "caption_template": "{left}/{right}/COMPOSITE, {tags_left}, {tags_right}"}},
-        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 2]}},
-    })
-    error = execution_error(entry)
+    error = pairing_error(server, loader, gap=256)
     assert error is not None and server.alive()
     assert "do not fit the buckets" in error["exception_message"] and "crop" in error["exception_message"]
 
@@ -169,13 +174,5 @@ def test_pairing_needs_two_concepts(server):
     folder = server.base / "input" / name / "1_solo"
     folder.mkdir(parents=True)
     subject_on_ground(folder / "a.png")
-    entry = server.run({
-        "1": load_dataset(name),
-        "2": {"class_type": "LoRALabCompositePairs", "inputs": {
-            "dataset": ["1", 0], "pairs_per_combination": 1, "all_combinations_up_to": 0, "seed": 0, "height": 128,
-            "crop_to_subject": False, "margin": 0, "gap": 0, "bucket_resolution": 0,
-            "caption_template": "{left}/{right}/COMPOSITE, {tags_left}, {tags_right}"}},
-        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 2]}},
-    })
-    error = execution_error(entry)
+    error = pairing_error(server, load_dataset(name), gap=0)
     assert error is not None and "at least two concepts" in error["exception_message"]
