@@ -165,6 +165,10 @@ class CaptionTemplate(io.ComfyNode):
                                tooltip="Chance to drop each (non-kept) tag per step."),
                 io.Float.Input("caption_dropout", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Chance to train a step with an empty caption."),
+                io.Boolean.Input("dedupe", default=True,
+                                 tooltip="Remove repeated tags (the first spelling stays). On 1to2 composites each "
+                                         "side is de-duplicated on its own, so a tag both characters share stays "
+                                         "on both sides. Off: captions keep every tag as written (kohya)."),
             ],
             outputs=[
                 types.Dataset.Output(display_name="dataset", tooltip="The dataset with the caption policy attached."),
@@ -175,7 +179,7 @@ class CaptionTemplate(io.ComfyNode):
 
     @classmethod
     def execute(cls, dataset, template, trigger, mode, prefix, suffix, remove_tags, implications, prune_defining,
-                shuffle, keep_tokens, keep_separator, tag_dropout, caption_dropout) -> io.NodeOutput:
+                shuffle, keep_tokens, keep_separator, tag_dropout, caption_dropout, dedupe=True) -> io.NodeOutput:
         try:
             pairs = captions.parse_implications(implications)
         except ValueError as error:
@@ -186,7 +190,7 @@ class CaptionTemplate(io.ComfyNode):
             prune_defining=prune_defining, shuffle=shuffle,
             keep_tokens=keep_tokens if mode == "tags" else 0,  # the widget's default of 1 means nothing in natural mode
             keep_separator=keep_separator,
-            tag_dropout=tag_dropout, caption_dropout=caption_dropout)
+            tag_dropout=tag_dropout, caption_dropout=caption_dropout, dedupe=dedupe)
         shaped = dataset.with_changes(caption_policy=policy, trigger=trigger.strip() or dataset.trigger)
         text = captions.preview(policy, shaped)
         return io.NodeOutput(shaped, text, ui={"text": [text]})

@@ -32,14 +32,6 @@ def split_tags(text: str) -> list[str]:
     return [t for t in (_clean(part) for part in text.split(",")) if t]
 
 
-def _dedupe(tags: list[str]) -> list[str]:
-    """The first spelling of each tag, in order."""
-    first: dict[str, str] = {}
-    for tag in tags:
-        first.setdefault(tag_key(tag), tag)
-    return list(first.values())
-
-
 def _implied(pairs) -> dict[str, set[str]]:
     """Each tag's implied tags, followed through chains: with "german shepherd -> dog" and
     "dog -> animal", "german shepherd" also removes "animal" (booru implications are transitive)."""
@@ -172,6 +164,16 @@ class PreparedCaptions:
         return [self.draw(index, generator) for _ in range(k)]
 
 
+# Marks where one part of a composite's caption ends and the next begins while the template is applied
+# (a private-use character: in no tag, and not whitespace, so split_tags keeps it as a token of its own).
+PART_MARK = "\ue000"
+
+
+def caption_parts(sample) -> tuple[str, ...]:
+    """A sample's caption as the parts de-duplication works within: a composite's sides, else whole."""
+    return tuple(getattr(sample, "caption_parts", ())) or (sample.caption,)
+
+
 def _render(policy: CaptionPolicy, caption: str, trigger: str, concept: str) -> str:
     text = policy.template.format_map({"trigger": trigger, "concept": concept, "caption": caption,
                                        "tags": caption})
@@ -181,19 +183,29 @@ def _render(policy: CaptionPolicy, caption: str, trigger: str, concept: str) -> 
 
 def _final_tokens(policy: CaptionPolicy, text: str) -> tuple[tuple[str, ...], int]:
     """Kohya's keep rules on the final caption: the part before keep_separator stays in place
-    (the separator itself goes), else its first keep_tokens tokens (counted after dedupe)."""
+    (the separator itself goes), else its first keep_tokens tokens (counted after dedupe).
+    De-duplication (first occurrences win, so the kept part keeps its place) works within each
+    part of a composite's caption (PART_MARK between them): a tag on both sides stays on both."""
     separator = policy.keep_separator
     if separator and separator in text:
         head, tail = text.split(separator, 1)
         kept, rest = split_tags(head), split_tags(tail.replace(separator, ","))  # a second one: a comma
     else:
         kept, rest = None, split_tags(text)
-    tokens = (kept or []) + rest
-    if policy.dedupe:  # first occurrences win, so the kept part keeps its place
-        tokens = _dedupe(tokens)
+    tokens, n_kept, seen = [], 0, set()
+    for index, tag in enumerate((kept or []) + rest):
+        if tag == PART_MARK:
+            seen = set()
+            continue
+        if policy.dedupe:
+            if tag_key(tag) in seen:
+                continue
+            seen.add(tag_key(tag))
+        tokens.append(tag)
+        n_kept += kept is not None and index < len(kept)
     if kept is None:
         return tuple(tokens), min(policy.keep_tokens, len(tokens))
-    return tuple(tokens), len(_dedupe(kept) if policy.dedupe else kept)
+    return tuple(tokens), n_kept
 
 
 def prepare(policy: CaptionPolicy, dataset) -> PreparedCaptions:
@@ -207,16 +219,20 @@ def prepare(policy: CaptionPolicy, dataset) -> PreparedCaptions:
     implied = _implied(policy.implications)
     per_sample = []
     for sample in dataset.samples:
-        tags = [t for t in split_tags(sample.caption) if tag_key(t) not in removed]
-        present = {tag_key(t) for t in tags}
-        gone = set().union(*(implied[k] for k in present if k in implied))
-        per_sample.append([t for t in tags if tag_key(t) not in gone])  # dedupe comes with the final caption
+        parts = []
+        for part in caption_parts(sample):  # a composite's sides each on their own
+            tags = [t for t in split_tags(part) if tag_key(t) not in removed]
+            present = {tag_key(t) for t in tags}
+            gone = set().union(*(implied[k] for k in present if k in implied))
+            parts.append([t for t in tags if tag_key(t) not in gone])  # dedupe comes with the final caption
+        per_sample.append(parts)
 
     # Per concept, how many images carry each tag; the first spelling seen names it.
     counts: dict[str, Counter] = {}
     names: dict[str, dict[str, str]] = {}
     images: Counter = Counter()
-    for sample, tags in zip(dataset.samples, per_sample):
+    for sample, parts in zip(dataset.samples, per_sample):
+        tags = [t for part in parts for t in part]
         images[sample.concept] += 1
         seen = names.setdefault(sample.concept, {})
         for tag in tags:
@@ -235,9 +251,10 @@ def prepare(policy: CaptionPolicy, dataset) -> PreparedCaptions:
               for c, keys in pruned_keys.items()}
 
     tokens, fixed = [], []
-    for sample, tags in zip(dataset.samples, per_sample):
+    for sample, parts in zip(dataset.samples, per_sample):
         drop = pruned_keys.get(sample.concept, set())
-        caption = ", ".join(t for t in tags if tag_key(t) not in drop)
+        kept_parts = (", ".join(t for t in part if tag_key(t) not in drop) for part in parts)
+        caption = f", {PART_MARK}, ".join(part for part in kept_parts if part)
         t, f = _final_tokens(policy, _render(policy, caption, dataset.trigger, sample.concept))
         tokens.append(t)
         fixed.append(f)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .captions import prepare, split_tags, tag_key
+from .captions import PART_MARK, prepare, split_tags, tag_key
 from .dataset import Dataset, DatasetSample
 from .image_io import UnreadableFile, load_sample_pixels
 from .preview import grid, tile
@@ -133,6 +133,25 @@ def _tags(caption: str, concept: str, trigger: str) -> str:
     return ", ".join(tags)
 
 
+def _caption_parts(template: str, left: str, right: str, tags_left: str, tags_right: str) -> tuple[str, ...]:
+    """The composite's caption in parts: each side's tags a part of its own, the template's other text
+    (the "Left/Right/COMPOSITE" header) the parts between, so that a Caption Template after Composite
+    Pairs de-duplicates within a side and never across: both sides keep a tag they share."""
+    def fenced(tags: str) -> str:
+        return f"{PART_MARK}, {tags}, {PART_MARK}"
+
+    text = template.format_map({"left": left, "right": right, "tags_left": fenced(tags_left),
+                                "tags_right": fenced(tags_right)})
+    parts, current = [], []
+    for tag in split_tags(text) + [PART_MARK]:
+        if tag != PART_MARK:
+            current.append(tag)
+        elif current:
+            parts.append(", ".join(current))
+            current = []
+    return tuple(parts)
+
+
 def _size_range(samples) -> str:
     sizes = sorted({s.pixel_size for s in samples}, key=lambda size: (size[0] * size[1], size))
     shown = [f"{w}x{h}" for w, h in (sizes[0], sizes[-1])]
@@ -181,10 +200,9 @@ def make_composites(dataset: Dataset, settings: CompositeSettings = CompositeSet
                 notes.append(f"skipped a {pair} composite: {unreadable[0]}")
                 continue
             image, mask = _join(half(left), half(right), settings.gap)
-            caption = settings.caption_template.format_map(
-                {"left": a, "right": b, "tags_left": tags[left], "tags_right": tags[right]})
-            samples.append(DatasetSample(caption=", ".join(split_tags(caption)), concept=pair, image=image, mask=mask,
-                                         repeats=1, flip_allowed=False))
+            parts = _caption_parts(settings.caption_template, a, b, tags[left], tags[right])
+            samples.append(DatasetSample(caption=", ".join(parts), concept=pair, image=image, mask=mask,
+                                         repeats=1, flip_allowed=False, caption_parts=parts))
             counts[pair] += 1
     if not samples:
         raise ValueError("\n".join(["no composite could be made", *notes]))

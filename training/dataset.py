@@ -24,6 +24,9 @@ class DatasetSample:
     size: tuple[int, int] | None = None  # (width, height) as loaded (after any load-time downscale)
     repeats: int = 1
     flip_allowed: bool = True  # composites: never (a flip swaps left and right against the caption)
+    # Composites: the caption in parts (header, left side's tags, right side's tags), joined by ", " to
+    # `caption`. Tag clean-up and de-duplication work within each part: both sides keep a shared tag.
+    caption_parts: tuple[str, ...] = ()
 
     def __post_init__(self):
         if (self.image is None) == (self.path is None):

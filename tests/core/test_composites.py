@@ -2,6 +2,7 @@
 height, subject crops, masks aligned with their pixels, captions, and errors."""
 
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -181,6 +182,29 @@ def test_caption_policy_path_removes_the_trigger_and_concept_it_adds():
                    trigger="ohwx", caption_policy=policy)
     out, _ = make_composites(data, small(pairs_per_combination=1))
     assert out.samples[0].caption == "ann/bob/COMPOSITE, red_hair, hat"
+
+
+def test_a_caption_template_after_composites_keeps_tags_both_sides_share():
+    """Seed 000's stage 2: Load Dataset -> Caption Template -> Composite Pairs -> Caption Template
+    keeps every tag of each side, de-duplicating within a side only (and not at all when asked)."""
+    from comfyui_lora_lab.training.captions import prepare
+
+    singles = Dataset(samples=(sample("cleo", "1girl, ponytail, 1girl", 8, 8), sample("anna", "1girl, hat, standing", 8, 8)),
+                      caption_policy=CaptionPolicy(template="{concept}, {caption}"))
+    out, _ = make_composites(singles, small(pairs_per_combination=1))
+    assert out.samples[0].caption == "cleo/anna/COMPOSITE, 1girl, ponytail, 1girl, hat, standing"
+    assert out.samples[0].caption_parts == ("cleo/anna/COMPOSITE", "1girl, ponytail", "1girl, hat, standing")
+    stage2 = out.with_changes(caption_policy=CaptionPolicy(template="{caption}", keep_tokens=1))
+    prepared = prepare(stage2.caption_policy, stage2)
+    assert prepared.captions[0] == "cleo/anna/COMPOSITE, 1girl, ponytail, 1girl, hat, standing"
+    assert prepared.fixed[0] == 1
+    # within one side a repeat still goes; remove_tags and implications act on each side
+    parts = ("a/b/COMPOSITE", "hat, Hat, dog", "hat, german shepherd, dog")
+    doubled = out.with_samples([replace(out.samples[0], caption=", ".join(parts), caption_parts=parts)])
+    policy = CaptionPolicy(template="ohwx, {caption}", implications=(("german shepherd", "dog"),))
+    assert prepare(policy, doubled).captions[0] == "ohwx, a/b/COMPOSITE, hat, dog, hat, german shepherd"
+    no_dedupe = CaptionPolicy(template="{caption}", dedupe=False)
+    assert prepare(no_dedupe, doubled).captions[0] == "a/b/COMPOSITE, hat, Hat, dog, hat, german shepherd, dog"
 
 
 def test_random_caption_policy_is_noted():
