@@ -5,7 +5,7 @@ from comfy_api.latest import io
 
 from ..training.network import ALGORITHMS, NetworkConfig
 from ..training.objective import FLOW_SAMPLERS, FlowTimesteps, SnrWeighting
-from ..training.optimizers import OPTIMIZERS, parse_optimizer_args
+from ..training.optimizers import OPTIMIZERS, check_optimizer_args
 from ..training.schedulers import SCHEDULERS
 from ..training.settings import (TARGET_PRESETS, NetworkSettings, ObjectiveSettings, OptimizerSettings,
                                  SampleSettings, SaveSettings)
@@ -64,10 +64,13 @@ class Optimizer(io.ComfyNode):
             description="Optimizer, learning-rate schedule and batch settings for LoRA Lab Train.",
             inputs=[
                 io.Combo.Input("optimizer", options=list(OPTIMIZERS), default="AdamW",
-                               tooltip="AdamW, AdamW8bit/Lion8bit (bitsandbytes), Lion, Prodigy (set lr 1.0), Adafactor."),
+                               tooltip="AdamW, AdamW8bit/Lion8bit (bitsandbytes), Lion, Prodigy (set lr 1.0), "
+                                       "Adafactor (transformers', as kohya uses)."),
                 io.String.Input("optimizer_args", default="",
-                                tooltip="Extra arguments in kohya syntax, e.g. 'decouple=True weight_decay=0.1 "
-                                        "betas=0.9,0.99 d_coef=2'."),
+                                tooltip="kohya's optimizer_args, pasted as a guide writes them (quotes and all), e.g. "
+                                        "'decouple=True weight_decay=0.1 betas=0.9,0.99 d_coef=2' or Adafactor's "
+                                        "'scale_parameter=False relative_step=False warmup_init=False'. Each "
+                                        "argument is checked against the optimizer before training."),
                 io.Combo.Input("scheduler", options=list(SCHEDULERS), default="constant",
                                tooltip="Learning-rate schedule over the run."),
                 io.Int.Input("warmup_steps", default=0, min=0, max=1_000_000, tooltip="Linear warm-up steps."),
@@ -94,7 +97,7 @@ class Optimizer(io.ComfyNode):
                 gradient_accumulation, max_grad_norm, scale_weight_norms, gradient_checkpointing,
                 text_encoder_lr=0.0) -> io.NodeOutput:
         try:
-            parse_optimizer_args(optimizer_args)
+            check_optimizer_args(optimizer, optimizer_args)
         except ValueError as error:
             raise ValueError(f"optimizer_args: {error}") from None
         return io.NodeOutput(OptimizerSettings(optimizer, optimizer_args, scheduler, warmup_steps, num_cycles,

@@ -6,7 +6,8 @@ import warnings
 import pytest
 import torch
 
-from comfyui_lora_lab.training.optimizers import OPTIMIZERS, build_optimizer, parse_optimizer_args
+from comfyui_lora_lab.training.optimizers import (OPTIMIZERS, build_optimizer, check_optimizer_args,
+                                                  optimizer_notes, parse_optimizer_args)
 from comfyui_lora_lab.training.optional_deps import MissingDependency
 
 SEED_001_ARGS = "decouple=True weight_decay=0.1 d_coef=2 use_bias_correction=True safeguard_warmup=True betas=0.9,0.99"
@@ -29,6 +30,57 @@ def test_parses_values_and_separators_as_pasted_from_guides():
                       "scale_parameter": False, "name": "adam", "flag": "True"}
     assert parse_optimizer_args("betas=0.9, 0.99,weight_decay=1e-2") == {"betas": (0.9, 0.99), "weight_decay": 0.01}
     assert parse_optimizer_args("  \n") == {}
+
+
+# The lines the seed guides give, verbatim: 001's GUI field (with its quotes), 000's TOML config
+# style, and the usual Adafactor line of kohya's SDXL configs.
+SEED_001_QUOTED = '"decouple=True weight_decay=0.1 betas=0.9,0.99"'
+TOML_LIST = 'optimizer_args = [ "decouple=True", "weight_decay=0.1", "betas=0.9,0.99",]'
+ADAFACTOR_LINE = "scale_parameter=False relative_step=False warmup_init=False"
+
+
+@pytest.mark.parametrize("text", [SEED_001_QUOTED, TOML_LIST, "'decouple=True weight_decay=0.1 betas=(0.9, 0.99)'",
+                                  '--optimizer_args "decouple=True" "weight_decay=0.1" "betas=0.9,0.99"'])
+def test_kohya_lines_paste_as_they_are(text):
+    assert parse_optimizer_args(text) == {"decouple": True, "weight_decay": 0.1, "betas": (0.9, 0.99)}
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("Prodigy", "decouple=yes", r"decouple=yes: 'yes' is not a value"),
+    ("Prodigy", "betas=0.9", r"Prodigy's betas is 2 numbers .*not betas=0.9"),
+    ("Prodigy", "decouple='True'", r"Prodigy's decouple is True or False"),
+    ("AdamW8bit", "weight_decay=True", r"AdamW8bit's weight_decay is a number"),
+    ("AdamW8bit", "optim_bits=8.5", r"optim_bits is a whole number"),
+    ("Adafactor", "relative_step=1", r"Adafactor's relative_step is True or False"),
+    ("Adafactor", "decouple=True", r"Adafactor has no argument 'decouple'.*scale_parameter, relative_step"),
+])
+def test_each_value_is_checked_against_the_optimizer_and_named(name, text, message):
+    with pytest.raises(ValueError, match=message):
+        check_optimizer_args(name, text)
+    with pytest.raises(ValueError, match=message):  # refused before a step, not inside the optimizer
+        build_optimizer(name, torch.nn.Linear(8, 8).parameters(), lr=1.0, args=text)
+
+
+def test_adafactor_is_kohyas_transformers_adafactor_with_its_arguments():
+    from transformers.optimization import Adafactor
+
+    model, loss_fn = _regression()
+    optimizer = build_optimizer("Adafactor", model.parameters(), lr=1e-2, args=ADAFACTOR_LINE)
+    assert isinstance(optimizer, Adafactor)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["scale_parameter"], group["relative_step"], group["warmup_init"]) == (
+        1e-2, False, False, False)
+    assert optimizer_notes("Adafactor", ADAFACTOR_LINE) == []
+    # kohya's own default: Adafactor finds its step size; the lr input is kept only for the scheduler
+    relative = build_optimizer("Adafactor", [{"params": model.parameters(), "lr": 1e-3}], lr=1e-3,
+                               args="relative_step=True warmup_init=True scale_parameter=True")
+    first = loss_fn().item()
+    for _ in range(30):
+        relative.zero_grad()
+        loss_fn().backward()
+        relative.step()
+    assert loss_fn().item() < first
+    assert "no effect" in optimizer_notes("Adafactor", "relative_step=True")[0]
 
 
 @pytest.mark.parametrize("text, bad", [("decouple=True oops weight_decay=0.1", "oops"),
@@ -104,6 +156,7 @@ def test_prodigy_with_a_small_lr_warns_but_keeps_it():
 @pytest.mark.parametrize("module, names, pip", [
     ("bitsandbytes", ("AdamW8bit", "Lion", "Lion8bit"), "pip install bitsandbytes"),
     ("prodigyopt", ("Prodigy",), "pip install prodigyopt"),
+    ("transformers", ("Adafactor",), "pip install transformers"),
 ])
 def test_a_missing_library_disables_only_its_optimizers(monkeypatch, module, names, pip):
     monkeypatch.setitem(sys.modules, module, None)  # makes `import module` raise ImportError

@@ -10,7 +10,7 @@ from labtest import PACK_ROOT
 
 COMFY_MODULES = {"comfy", "comfy_extras", "folder_paths", "server", "execution", "node_helpers",
                  "latent_preview", "comfy_execution", "nodes"}
-HEAVY_OPTIONAL = ["rembg", "onnxruntime", "bitsandbytes", "lycoris", "prodigyopt"]
+HEAVY_OPTIONAL = ["rembg", "onnxruntime", "bitsandbytes", "lycoris", "prodigyopt", "transformers"]
 
 
 def imported_top_modules(path):
