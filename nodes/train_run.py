@@ -24,6 +24,7 @@ from ..training.masked_loss import pool_to_latent
 from ..training.network import (EXTRA_NETWORK_ARGS, LYCORIS_ALGO, NETWORK_MODULE, AdapterNetwork, AdapterSet,
                                 NetworkConfig)
 from ..training.optimizers import build_optimizer
+from ..training.run_metadata import settings_metadata
 from ..training.schedulers import build_scheduler
 from ..training.settings import NetworkSettings, ObjectiveSettings, OptimizerSettings, SampleSettings, SaveSettings
 from ..training.train_state import SUFFIX as STATE_SUFFIX
@@ -155,6 +156,9 @@ class _Saver:
         self.final = self.folder / f"{self.name}.safetensors"
         self.periodic: list[Path] = []
         self.tag_frequency = _tag_frequency(req.dataset)
+        self.settings = settings_metadata(optimizer=req.optimizer, objective=req.objective, network=req.network,
+                                          dataset=req.dataset, steps=req.steps, flow=base == "flux",
+                                          resume_from=req.save.resume_from)
         if self.final.exists() and not req.save.overwrite:
             raise FileExistsError(f"output_name: {self.final.name} already exists in the loras folder "
                                   f"{self.folder}; choose another name or allow overwriting in the save settings")
@@ -166,7 +170,7 @@ class _Saver:
             alpha=cfg.alpha, network_args=_network_args(req), steps=step, epoch=epoch,
             learning_rate=req.learning_rate, optimizer=req.optimizer.optimizer, resolution=resolution,
             seed=req.seed, clip_skip=host.clip_skip(req.clip) if req.clip is not None else None,
-            text_encoder_lr=req.optimizer.text_encoder_lr, tag_frequency=self.tag_frequency))
+            text_encoder_lr=req.optimizer.text_encoder_lr, tag_frequency=self.tag_frequency, settings=self.settings))
 
     def write(self, path: Path, step: int, epoch: int, resolution: str, overwrite: bool) -> dict:
         dtype = lora_file.SAVE_DTYPES[self.req.save.precision]

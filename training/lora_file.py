@@ -12,7 +12,7 @@ import os
 import re
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -66,6 +66,7 @@ class TrainingFacts:
     clip_skip: int | None = None
     tag_frequency: dict | None = None
     text_encoder_lr: float = 0.0  # 0: text encoder not trained
+    settings: dict[str, str] = field(default_factory=dict)  # run_metadata.settings_metadata: over the keys above
 
 
 def build_metadata(facts: TrainingFacts) -> dict[str, str]:
@@ -99,6 +100,7 @@ def build_metadata(facts: TrainingFacts) -> dict[str, str]:
     meta["ss_unet_lr"] = str(facts.learning_rate)
     meta["ss_text_encoder_lr"] = str(facts.text_encoder_lr)
     meta["ss_network_train_unet_only"] = str(facts.text_encoder_lr == 0)
+    meta.update(facts.settings)
     return meta
 
 

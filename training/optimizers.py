@@ -181,6 +181,17 @@ def optimizer_notes(name: str, args: dict | str) -> list[str]:
     return []
 
 
+def optimizer_description(name: str, args: dict | str = "") -> str:
+    """kohya's ss_optimizer: the optimizer class's full name and the arguments it was built with
+    (`prodigyopt.prodigy.Prodigy(decouple=True,weight_decay=0.1,betas=(0.9, 0.99))`)."""
+    cls = _REGISTRY[name].load(name)
+    args = check_optimizer_args(name, args, cls)
+    if name == "Adafactor":
+        args = {**ADAFACTOR_DEFAULTS, **args}
+    listed = ",".join(f"{key}={value}" for key, value in args.items())
+    return f"{cls.__module__}.{cls.__name__}" + (f"({listed})" if listed else "")
+
+
 def build_optimizer(name: str, param_groups, lr: float, args: dict | str = "") -> torch.optim.Optimizer:
     """Builds optimizer `name` over `param_groups` (dicts that may carry their own "lr", or plain
     parameters) with default learning rate `lr` and extra keyword `args` (a dict or kohya-style text)."""
