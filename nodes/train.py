@@ -1,9 +1,19 @@
 """LoRALab Train: trains a LoRA/LyCORIS adapter on the MODEL, CLIP and VAE already loaded."""
 
+import html
+import logging
+
 from comfy_api.latest import io
 
-from ..training.settings import NetworkSettings, ObjectiveSettings, OptimizerSettings, SaveSettings
+from ..training.optimizers import optimizer_notes
+from ..training.settings import NetworkSettings, ObjectiveSettings, OptimizerSettings, SaveSettings, network_notes
 from . import host, train_run, types
+
+
+def run_notes(request, base: str) -> list[str]:
+    """Settings of this run that cannot take effect."""
+    return network_notes(request.network, base) + optimizer_notes(request.optimizer.optimizer,
+                                                                  request.optimizer.optimizer_args)
 
 
 class Train(io.ComfyNode):
@@ -73,13 +83,19 @@ class Train(io.ComfyNode):
             output_name=output_name, network=network or NetworkSettings(), optimizer=optimizer or OptimizerSettings(),
             objective=objective or ObjectiveSettings(), save=save or SaveSettings(), samples=samples,
             node_id=cls.hidden.unique_id)
+        notes = run_notes(request, host.base_family(model))
+        for note in notes:  # on the node while it trains, in the log, and in its text afterwards
+            logging.warning("LoRA Lab Train: %s", note)
+        if notes:
+            host.Progress(steps, cls.hidden.unique_id).text("<br>".join(html.escape(f"Note: {n}") for n in notes))
         with torch.inference_mode(False):  # the executor runs nodes in inference mode; training needs autograd
             result = train_run.run(request)
         if result.text_encoder_trained:
             trained, trained_clip = host.apply_lora(model, result.tensors, clip=clip)
         else:
             trained, trained_clip = host.apply_lora(model, result.tensors), clip
-        summary = f"saved {result.lora_path.name}; final loss {result.history[-1]['loss']:.4f}"
+        summary = "\n".join([f"saved {result.lora_path.name}; final loss {result.history[-1]['loss']:.4f}",
+                             *(f"Note: {note}" for note in notes)])
         return io.NodeOutput(trained, str(result.lora_path), result.history, train_run.output_images(result),
                              trained_clip, ui={"text": [summary], "lora_path": [str(result.lora_path)],
                                                "images": [e for s in result.sample_files for e in s["images"]]})

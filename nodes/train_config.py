@@ -5,10 +5,10 @@ from comfy_api.latest import io
 
 from ..training.network import ALGORITHMS, NetworkConfig
 from ..training.objective import FLOW_SAMPLERS, FlowTimesteps, SnrWeighting
-from ..training.optimizers import OPTIMIZERS, check_optimizer_args
+from ..training.optimizers import OPTIMIZERS, check_optimizer_args, optimizer_notes
 from ..training.schedulers import SCHEDULERS
 from ..training.settings import (TARGET_PRESETS, NetworkSettings, ObjectiveSettings, OptimizerSettings,
-                                 SampleSettings, SaveSettings)
+                                 SampleSettings, SaveSettings, network_notes)
 from ..training.lora_file import SAVE_DTYPES, check_subfolder
 from ..training.train_state import SUFFIX as STATE_SUFFIX
 from . import host, types
@@ -53,7 +53,9 @@ class Network(io.ComfyNode):
                 continue_from_path=None) -> io.NodeOutput:
         config = NetworkConfig(algorithm, rank, alpha, conv_rank, conv_alpha, dropout)
         source = continue_from_path or (None if continue_from == NO_FILE else continue_from)
-        return io.NodeOutput(NetworkSettings(config, target_preset, source))
+        settings = NetworkSettings(config, target_preset, source)
+        notes = network_notes(settings)
+        return io.NodeOutput(settings, ui={"text": ["\n".join(f"Note: {n}" for n in notes)]} if notes else None)
 
 
 class Optimizer(io.ComfyNode):
@@ -100,9 +102,11 @@ class Optimizer(io.ComfyNode):
             check_optimizer_args(optimizer, optimizer_args)
         except ValueError as error:
             raise ValueError(f"optimizer_args: {error}") from None
+        notes = optimizer_notes(optimizer, optimizer_args)
+        ui = {"text": ["\n".join(f"Note: {n}" for n in notes)]} if notes else None
         return io.NodeOutput(OptimizerSettings(optimizer, optimizer_args, scheduler, warmup_steps, num_cycles,
                                                batch_size, gradient_accumulation, max_grad_norm, scale_weight_norms,
-                                               gradient_checkpointing, text_encoder_lr))
+                                               gradient_checkpointing, text_encoder_lr), ui=ui)
 
 
 class Objective(io.ComfyNode):

@@ -342,7 +342,7 @@ def _train(req: RunRequest, loop_config: LoopConfig, networks: AdapterSet, text_
             if saved_now and record.step < req.steps:
                 saved.append(str(saver.periodic_save(trainer, record.step, record.epoch, resolution)))
             sampled = None
-            if req.samples is not None and req.samples.due(record.step, saved_now):
+            if req.samples is not None and req.samples.due(record.step, saved_now, final=record.step == req.steps):
                 sampled = take_samples(record.step, model)
             report.step(record, saved_now, sampled)
 

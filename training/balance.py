@@ -126,11 +126,11 @@ def merge_datasets(parts: list[tuple[Dataset, float | None]]) -> tuple[Dataset, 
     relative to each other; Merge Datasets then multiplies every repeat of a part by one factor so
     the part's share of the merged samples per epoch matches its target share as closely as integer
     repeats allow. Parts without a share (None) together take the rest, 1 - sum of shares, and
-    keep their repeats: the shared parts are scaled around them. Shares must be above 0 and sum to
+    keep their repeats, always: the shared parts are scaled around them. Shares must be above 0 and sum to
     at most 1, and to exactly 1 when every part has one (below 1 when some part has none).
-    Factor rounding: each part's (or the share-less parts' common) ideal multiplier is computed
-    relative to the one whose samples per epoch are largest for its share (images × repeats / share;
-    with equal shares, the largest part), which keeps factor 1; the others are rounded half up,
+    Factor rounding: each part's ideal multiplier is computed relative to the share-less parts when
+    there are any, else to the part whose samples per epoch are largest for its share (images ×
+    repeats / share; with equal shares, the largest part), which keeps factor 1; the others are rounded half up,
     at least 1. So a part already above its share at factor 1 is the reference and the others are
     scaled up to it; nothing is ever scaled down.
 
@@ -170,7 +170,9 @@ def _merge_factors(counts: list[int], shares: list[float | None]) -> list[int]:
     unshared = sum(n for n, s in zip(counts, shares) if s is None)
     if unshared:
         groups[None] = (unshared, 1 - sum(s for s in shares if s is not None))
-    reference = max(groups, key=lambda g: groups[g][0] / groups[g][1])
+    # Parts without a share keep their repeats ("0 = keep its repeats as they are"): they are the
+    # reference whenever there are any; else the part furthest above its share is.
+    reference = None if unshared else max(groups, key=lambda g: groups[g][0] / groups[g][1])
     total = groups[reference][0] / groups[reference][1]  # merged samples per epoch the shares aim at
     factor = {g: 1 if g == reference else max(1, _round_half_up(share * total / n))
               for g, (n, share) in groups.items()}
@@ -184,6 +186,9 @@ def _merge_summary(parts: list[tuple[Dataset, float | None]], factors: list[int]
         target = "no target" if share is None else f"target {share:.1%}"
         lines.append(f"part {number}: {dataset.images_per_epoch} -> {after} samples per epoch (repeats x{factor}), "
                      f"share {after / total:.1%}, {target}")
+        if share is not None and factor == 1 and after / total > share + 0.05:
+            lines.append(f"  above its target at its own repeats (never scaled down): lower its repeats "
+                         f"or raise the other parts' to reach {share:.0%}")
         for concept, samples in dataset.concepts().items():
             per_epoch = sum(s.repeats for s in samples) * factor
             lines.append(f"  {concept}: {per_epoch} samples per epoch ({per_epoch / total:.1%})")

@@ -23,6 +23,20 @@ class NetworkSettings:
             raise ValueError(f"target preset must be one of {', '.join(TARGET_PRESETS)}, not {self.preset!r}")
 
 
+def network_notes(settings: NetworkSettings, base: str | None = None) -> list[str]:
+    """Network settings that cannot take effect, to say so rather than train without them.
+    `base`: the model family when known ("flux" has no convolutions in its blocks)."""
+    network = settings.network
+    if not network.conv_rank:
+        return []
+    if base == "flux":
+        return [f"conv_rank {network.conv_rank} has no effect: Flux's blocks have no convolutions"]
+    if settings.preset != "all":
+        return [f"conv_rank {network.conv_rank} has no effect: the {settings.preset!r} preset adapts no "
+                f"convolutions (choose target_preset 'all' to train them)"]
+    return []
+
+
 @dataclass(frozen=True)
 class OptimizerSettings:
     optimizer: str = "AdamW"
@@ -94,5 +108,7 @@ class SampleSettings:
     def resolved_prompts(self, trigger: str) -> list[str]:
         return [p.replace("{trigger}", trigger).strip() for p in self.prompts]
 
-    def due(self, step: int, saved_now: bool) -> bool:
-        return step % self.every_n_steps == 0 if self.every_n_steps > 0 else saved_now
+    def due(self, step: int, saved_now: bool, final: bool = False) -> bool:
+        """Samples after `step`: on the step cadence, else with each save; and always after the
+        final step, whose checkpoint is compared with the others."""
+        return final or (step % self.every_n_steps == 0 if self.every_n_steps > 0 else saved_now)

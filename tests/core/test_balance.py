@@ -139,6 +139,15 @@ def test_a_composite_share_is_met_as_closely_as_integer_repeats_allow():
     assert "  duo: 20 samples per epoch (25.0%)" in summary
 
 
+def test_parts_without_a_share_keep_their_repeats_even_when_a_shared_part_is_larger():
+    # share 0 in the node: "keep its repeats". 9 singles beside 200 composites at 20% stay 9, and the
+    # composites, already above 20% at x1, are not scaled down either: the summary says so
+    merged, summary = merge_datasets([(dataset(("single", 9, 1)), None), (dataset(("duo", 200, 1)), 0.2)])
+    assert per_epoch(merged) == {"single": 9, "duo": 200}
+    assert "part 1: 9 -> 9 samples per epoch (repeats x1)" in summary
+    assert "above its target at its own repeats" in summary
+
+
 def test_merge_factors_round_half_up():
     # 100 singles + 10 composites at 20%: ideal factor 2.5 -> 3 (23.1%; x2 would give 16.7%)
     merged, _ = merge_datasets([(dataset(("single", 100, 1)), None), (dataset(("duo", 10, 1)), 0.2)])

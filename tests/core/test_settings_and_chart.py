@@ -6,7 +6,8 @@ import pytest
 
 from comfyui_lora_lab.training.loss_chart import render, smoothed
 from comfyui_lora_lab.training.network import NetworkConfig
-from comfyui_lora_lab.training.settings import TARGET_PRESETS, NetworkSettings, SaveSettings
+from comfyui_lora_lab.training.settings import (TARGET_PRESETS, NetworkSettings, SampleSettings, SaveSettings,
+                                                network_notes)
 
 SMOOTH_COLOUR = (250, 190, 80)
 SAVE_COLOUR = (70, 110, 70)
@@ -150,3 +151,22 @@ def test_render_of_one_loss_marks_the_point():
 def test_render_with_all_losses_equal_does_not_divide_by_zero():
     image = render([0.7] * 10)
     assert SMOOTH_COLOUR in _colours(image)
+
+
+# --- SampleSettings.due and settings that cannot take effect -----------------------------------
+
+def test_samples_every_n_steps_also_sample_the_final_step():
+    samples = SampleSettings(every_n_steps=4)
+    assert [s for s in range(1, 11) if samples.due(s, saved_now=s == 10, final=s == 10)] == [4, 8, 10]
+    with_saves = SampleSettings()
+    assert [s for s in range(1, 11) if with_saves.due(s, saved_now=s in (5, 10), final=s == 10)] == [5, 10]
+
+
+@pytest.mark.parametrize("preset, base, effect", [("attention", "sd15", False), ("attention+mlp", "sdxl", False),
+                                                  ("all", "sd15", True), ("all", "flux", False)])
+def test_conv_rank_without_convolutions_to_adapt_is_noted(preset, base, effect):
+    settings = NetworkSettings(NetworkConfig("LoCon", 8, 8.0, 4, 1.0), preset)
+    notes = network_notes(settings, base)
+    assert (notes == []) == effect
+    assert all("conv_rank 4 has no effect" in note for note in notes)
+    assert network_notes(NetworkSettings(NetworkConfig("LoCon", 8, 8.0), "attention"), "sd15") == []
