@@ -5,6 +5,7 @@ from comfy_api.latest import io
 
 from ..training.dataset import MASK_MEANINGS, Dataset, DatasetSample, looks_inverted, mask_from_comfy
 from . import types
+from .dataset_nodes import preview_image
 
 
 def _captions(text: str, count: int) -> list[str]:
@@ -42,6 +43,8 @@ class DatasetFromImages(io.ComfyNode):
             outputs=[
                 types.Dataset.Output(display_name="dataset", tooltip="The dataset, for the LoRA Lab Train node."),
                 io.String.Output(display_name="summary", tooltip="Images, captions and mask coverage."),
+                io.Image.Output(display_name="preview", tooltip="The first images with their masks (the ignored "
+                                                                "area tinted red) and captions."),
             ],
         )
 
@@ -79,4 +82,4 @@ class DatasetFromImages(io.ComfyNode):
         dataset = Dataset(samples=tuple(samples), trigger=trigger, notes=tuple(notes))
         summary = "\n".join([f"{count} image(s) x {repeats} repeats = {dataset.images_per_epoch} per epoch", *lines,
                              *(f"warning: {n}" for n in notes)])
-        return io.NodeOutput(dataset, summary)
+        return io.NodeOutput(dataset, summary, preview_image(dataset))

@@ -114,7 +114,8 @@ class CaptionPolicy:
                 ("tag_dropout", self.tag_dropout), ("prune_defining", self.prune_defining),
                 ("remove_tags", self.remove_tags), ("implications", self.implications)) if on]
             if tag_only:
-                raise ValueError(f"{', '.join(tag_only)} only apply in tag mode, not natural mode")
+                raise ValueError(f"{', '.join(tag_only)} only appl{'ies' if len(tag_only) == 1 else 'y'} in tag mode, "
+                                 "not natural mode")
 
     @property
     def is_random(self) -> bool:

@@ -41,8 +41,12 @@ class DatasetSample:
 
     @property
     def name(self) -> str:
-        """How summaries and errors refer to the sample: its file, or its concept."""
-        return self.path or f"{self.concept} (in-memory image)"
+        """How summaries and errors refer to the sample: its file with the folder it is in (not the
+        server's full path), or its concept."""
+        if self.path is None:
+            return f"{self.concept} (in-memory image)"
+        parts = self.path.replace("\\", "/").split("/")
+        return "/".join(parts[-2:])
 
     @property
     def pixel_size(self) -> tuple[int, int] | None:

@@ -36,6 +36,7 @@ class _Scan:
         self.on_bad_file, self.max_side = on_bad_file, max_side
         self.samples: list[DatasetSample] = []
         self.notes: list[str] = []
+        self.uncaptioned: dict[str, list[str]] = {}  # concept -> images without a caption file
 
     def show(self, path) -> str:
         relative = Path(path).relative_to(self.folder).as_posix()
@@ -104,7 +105,7 @@ class _Scan:
             self.refuse(file, e.reason if e.path == str(file) else f"{self.show(e.path)}: {e.reason}")
             return
         if not has_caption:
-            self.notes.append(f"no caption: {self.show(file)} (using '{concept}')")
+            self.uncaptioned.setdefault(concept, []).append(self.show(file))
         elif not caption:
             self.notes.append(f"empty caption: {self.show(caption_file)}")
         if probe.frames > 1:
@@ -115,6 +116,21 @@ class _Scan:
         self.samples.append(DatasetSample(
             caption=caption, concept=concept, path=str(file), mask_path=None if mask is None else str(mask),
             alpha_mask=mask is None and probe.has_alpha, size=probe.size, repeats=repeats))
+
+
+    def caption_notes(self) -> list[str]:
+        """One note per concept for its images without a caption, naming the first few."""
+        notes = []
+        for concept, files in self.uncaptioned.items():
+            if len(files) == 1:
+                notes.append(f"no caption: {files[0]} (using '{concept}')")
+                continue
+            shown = ", ".join(files[:_LISTED]) + (f" and {len(files) - _LISTED} more" if len(files) > _LISTED else "")
+            notes.append(f"no caption for {len(files)} images of '{concept}' (using '{concept}'): {shown}")
+        return notes
+
+
+_LISTED = 3  # images named in a concept's "no caption" note
 
 
 def _wxh(size: tuple[int, int]) -> str:
@@ -148,7 +164,8 @@ def scan_folder(root: Path, folder: Path, caption_extension: str = ".txt", on_ba
             scan.directory(sub, *concept, recurse=True, ancestors=frozenset({folder.resolve()}))
     if not scan.samples:
         raise ValueError("\n".join([f"no images found in {folder}", *scan.notes]))
-    return Dataset(samples=tuple(sorted(scan.samples, key=lambda s: s.path)), notes=tuple(scan.notes))
+    return Dataset(samples=tuple(sorted(scan.samples, key=lambda s: s.path)),
+                   notes=tuple(scan.caption_notes() + scan.notes))
 
 
 def summarize(dataset: Dataset) -> str:

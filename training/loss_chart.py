@@ -57,4 +57,4 @@ def render(losses: Sequence[float], saves: Sequence[int] = (), width: int = 512,
 
 def as_image_batch(image: Image.Image) -> torch.Tensor:
     """A PIL image as a one-image batch in ComfyUI's IMAGE layout: (1,H,W,3) float in [0,1]."""
-    return torch.from_numpy(np.asarray(image.convert("RGB"))).float().div(255).unsqueeze(0)
+    return torch.from_numpy(np.array(image.convert("RGB"))).float().div(255).unsqueeze(0)  # a writable copy

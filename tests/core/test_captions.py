@@ -232,7 +232,7 @@ def test_natural_mode_keeps_the_caption_whole():
                                      {"prune_defining": 0.8}, {"remove_tags": ("x",)},
                                      {"implications": (("a", "b"),)}])
 def test_tag_settings_in_natural_mode_are_errors(setting):
-    with pytest.raises(ValueError, match=f"{next(iter(setting))} only apply in tag mode"):
+    with pytest.raises(ValueError, match=f"{next(iter(setting))} only appl(y|ies) in tag mode"):
         CaptionPolicy(mode="natural", **setting)
 
 

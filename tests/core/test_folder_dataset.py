@@ -87,7 +87,8 @@ def test_kohya_layout(kohya):
 
     assert "skipped 0_broken: repeats 0 in folder name" in dataset.notes
     assert "no caption: 10_ohwx dog/deeper/1_not a concept/c.png (using 'ohwx dog')" in dataset.notes
-    assert "no caption: landscapes/d.webp (using 'landscapes')" in dataset.notes
+    assert ("no caption for 2 images of 'landscapes' (using 'landscapes'): landscapes/d.webp, landscapes/e.bmp"
+            in dataset.notes)
     assert not any("json" in n or "DS_Store" in n or "orphan" in n or "._e" in n for n in dataset.notes)
 
 
@@ -135,6 +136,17 @@ def test_empty_caption_is_kept_and_noted(tmp_path):
     dataset = scan_folder(tmp_path, tmp_path)
     assert dataset.samples[0].caption == ""
     assert "empty caption: a.txt" in dataset.notes
+
+
+def test_missing_captions_are_summarised_per_concept(tmp_path):
+    for i in range(67):
+        image(tmp_path / "5_cleo" / f"{i:02d}.png")
+    image(tmp_path / "1_anna" / "x.png")
+    dataset = scan_folder(tmp_path, tmp_path)
+    captions = [n for n in dataset.notes if "caption" in n]
+    assert captions == ["no caption: 1_anna/x.png (using 'anna')",
+                        "no caption for 67 images of 'cleo' (using 'cleo'): 5_cleo/00.png, 5_cleo/01.png, "
+                        "5_cleo/02.png and 64 more"]
 
 
 # --- masks ------------------------------------------------------------------------------------------

@@ -170,3 +170,14 @@ def test_conv_rank_without_convolutions_to_adapt_is_noted(preset, base, effect):
     assert (notes == []) == effect
     assert all("conv_rank 4 has no effect" in note for note in notes)
     assert network_notes(NetworkSettings(NetworkConfig("LoCon", 8, 8.0), "attention"), "sd15") == []
+
+
+def test_the_chart_becomes_an_image_batch_without_numpy_warnings():
+    import warnings
+
+    from comfyui_lora_lab.training.loss_chart import as_image_batch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warned that the NumPy array was not writable
+        batch = as_image_batch(render([1.0, 0.5, 0.25]))
+    assert batch.ndim == 4 and batch.shape[-1] == 3 and float(batch.max()) <= 1.0
