@@ -43,7 +43,7 @@ def caption_template(g: Graph, dataset: list, template: str, mode: str = "tags",
                      prune_defining: float = 0.0, shuffle: bool = False, keep_tokens: int = 1) -> str:
     return g.add("LoRALabCaptionTemplate", dataset=dataset, template=template, trigger=trigger, mode=mode, prefix="",
                  suffix="", remove_tags="", implications="", prune_defining=prune_defining, shuffle=shuffle,
-                 keep_tokens=keep_tokens, keep_separator="|||", tag_dropout=0.0, caption_dropout=0.0)
+                 keep_tokens=keep_tokens, keep_separator="|||", tag_dropout=0.0, caption_dropout=0.0, dedupe=True)
 
 
 def network(g: Graph, algorithm: str, rank: int, alpha: float, conv_rank: int = 0, conv_alpha: float = 1.0,
@@ -140,7 +140,8 @@ def sd15_1to2_two_stage_loha():
                   seed=0, height=768, crop_to_subject=False, margin=32, gap=0,
                   caption_template="{left}/{right}/COMPOSITE, {tags_left}, {tags_right}", bucket_resolution=768)
     g.add("PreviewImage", images=[pairs, 2])
-    # Composite captions are final: shuffle them again, keeping "Left/Right/COMPOSITE" first.
+    # Composite captions are final: shuffle them again, keeping "Left/Right/COMPOSITE" first. Its
+    # de-duplication works within each side: a tag both characters share stays on both (seed 000).
     composites = caption_template(g, [pairs, 0], "{caption}", shuffle=True, keep_tokens=1)
     train(g, **models, dataset=[composites, 0], steps=2000, learning_rate=5e-4, output_name="my_1to2",
           network=network(g, "LoHa", 8, 1.0, target_preset="all", continue_from_path=[stage1, 1]),
@@ -155,7 +156,7 @@ def sd15_1to2_two_stage_loha():
         "input/lora_lab/1to2_characters (1_alice, 1_bella, 1_chloe: the folder names are the trigger words) at "
         "640 px, clip skip 2, AdamW8bit lr 5e-4 for UNet and text encoder, cosine, batch 4, keep_tokens 1 with "
         "shuffled tags. Composite Pairs then joins images of two different characters side by side, captioned "
-        "'Left/Right/COMPOSITE, left tags, right tags'; stage 2 continues stage 1's file (the Network node's "
+        "'Left/Right/COMPOSITE, left tags, right tags' (every tag of each side kept, shared ones too); stage 2 continues stage 1's file (the Network node's "
         "continue_from_path takes stage 1's lora_path) on those composites at 768 px, batch 2, other settings "
         "identical. Change: the checkpoint, the dataset folder and the names in the sample prompts, and the "
         "steps: the seed trained 40 epochs per stage; steps = epochs x images per epoch / batch (the Load "

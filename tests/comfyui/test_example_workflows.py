@@ -134,3 +134,20 @@ def test_scaled_down_example_trains_end_to_end(server, object_info, name):
     for key in trains:  # both stages of the 1to2 workflow
         path = server.base / "models" / "loras" / "loralab" / f"{prompt[key]['inputs']['output_name']}.safetensors"
         assert path.is_file() and entry["outputs"][key]["lora_path"] == [str(path)]
+    if "1to2" in name:
+        check_1to2_stage_two(prompt, entry, server)
+
+
+def check_1to2_stage_two(prompt, entry, server):
+    """The characters share '1girl, solo' (CONCEPTS): stage 2's captions keep them on both sides
+    (seed 000's 'Left/Right/COMPOSITE, TagsLeft, TagsRight'), and its file names what it continued from."""
+    from safetensors import safe_open
+
+    pairs = next(k for k, n in prompt.items() if n["class_type"] == "LoRALabCompositePairs")
+    stage2 = next(k for k, n in prompt.items() if n["class_type"] == "LoRALabCaptionTemplate"
+                  and n["inputs"]["dataset"] == [pairs, 0])
+    captions = [line for line in entry["outputs"][stage2]["text"][0].splitlines() if "/COMPOSITE, " in line]
+    assert captions and all(line.count("1girl") == 2 and line.count("solo") == 2 for line in captions), captions
+    first, second = (prompt[k]["inputs"]["output_name"] for k, n in prompt.items() if n["class_type"] == "LoRALabTrain")
+    with safe_open(str(server.base / "models" / "loras" / "loralab" / f"{second}.safetensors"), "pt") as f:
+        assert f.metadata()["loralab_continued_from"] == f"{first}.safetensors"
