@@ -204,7 +204,7 @@ def test_text_encoder_training_with_8bit_optimizer_and_usable_clip_output(server
     path = server.base / "models" / "loras" / "loralab" / f"{prompt['5']['inputs']['output_name']}.safetensors"
     meta = metadata(path)
     assert meta["ss_text_encoder_lr"] == "0.005" and meta["ss_network_train_unet_only"] == "False"
-    assert meta["ss_optimizer"] == "AdamW8bit"
+    assert meta["ss_optimizer"] == "bitsandbytes.optim.adamw.AdamW8bit(weight_decay=0.1,betas=(0.9, 0.99))"
 
 
 def test_run_history_is_served_for_the_canvas(server):
