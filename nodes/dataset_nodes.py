@@ -32,9 +32,12 @@ class LoadDataset(io.ComfyNode):
             description="Reads a folder of images, captions and masks (kohya N_name folders: N repeats of concept "
                         "'name') into a training dataset with resolution buckets.",
             inputs=[
-                io.Combo.Input("folder", options=host.input_subfolders() or [""],
+                # The empty entry (last) stands for "no folder: read custom_path"; it is always
+                # listed, since ComfyUI 0.33 accepts only listed values (API prompts send "").
+                io.Combo.Input("folder", options=host.input_subfolders() + [""],
                                tooltip="A folder inside ComfyUI's input folder. Subfolders named N_name become "
-                                       "concept 'name' with N repeats."),
+                                       "concept 'name' with N repeats. The empty entry at the end: read "
+                                       "custom_path instead."),
                 io.String.Input("custom_path", default="",
                                 tooltip="Or a folder path under a root allowed in loralab_config.json "
                                         "(\"dataset_roots\"); empty = use 'folder'."),

@@ -27,11 +27,12 @@ CLIP_G = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
           "num_hidden_layers": 3, "projection_dim": 32}
 T5XXL = {"d_model": 64, "d_ff": 128, "d_kv": 32, "num_heads": 2, "num_layers": 1}
 
+# Flux: only the size keys. The rest of the config (patch size, rope theta, qkv bias, and any
+# field a newer ComfyUI adds) comes from ComfyUI's own detection of a checkpoint of these sizes.
 FLUX_UNET = {
-    "image_model": "flux", "in_channels": 16, "out_channels": 16, "patch_size": 2,
-    "vec_in_dim": CLIP_L["hidden_size"], "context_in_dim": T5XXL["d_model"],
+    "in_channels": 16, "vec_in_dim": CLIP_L["hidden_size"], "context_in_dim": T5XXL["d_model"],
     "hidden_size": 128, "mlp_ratio": 4.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
-    "axes_dim": [16, 24, 24], "theta": 10000, "qkv_bias": True, "guidance_embed": True,
+    "axes_dim": [16, 24, 24], "guidance_embed": True,
 }
 
 _UNET_COMMON = {

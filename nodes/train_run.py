@@ -183,6 +183,16 @@ class _Saver:
             save_state(lora_path.with_suffix(STATE_SUFFIX), self.network, trainer.optimizer, trainer.scheduler, step,
                        fingerprint(self.req, trainer))
 
+    def interrupted_path(self, step: int) -> Path:
+        """`<name>_interrupted_<step>`, or with a new `-N` suffix when that name (or its training
+        state) exists: an earlier cancelled run's files are never replaced."""
+        stem = f"{self.name}_interrupted_{step}"
+        for n in range(10_000):
+            path = self.folder / f"{stem}{f'-{n}' if n else ''}.safetensors"
+            if not path.exists() and not path.with_suffix(STATE_SUFFIX).exists():
+                return path
+        raise FileExistsError(f"output_name: too many interrupted files named {stem}* in {self.folder}")
+
     def periodic_save(self, trainer: Trainer, step: int, epoch: int, resolution: str) -> Path:
         path = self.folder / f"{self.name}-step{step:06d}.safetensors"
         self.write(path, step, epoch, resolution, overwrite=self.req.save.overwrite)
@@ -246,7 +256,7 @@ class _Reporter:
         self.log.samples.append({"step": step, "images": entries})
         self._event("samples", step=step, images=entries)
 
-    def step(self, record: StepRecord, saved_now: bool, sampled: torch.Tensor | None) -> None:
+    def step(self, record: StepRecord, saved_now: bool) -> None:
         entry = {"step": record.step, "epoch": record.epoch, "loss": record.loss, "lr": record.lr, "sigma": record.sigma}
         self.log.steps.append(entry)
         if saved_now:
@@ -256,15 +266,18 @@ class _Reporter:
         self.progress.text(text)
         self._event("step", **entry, saved=saved_now, text=text)
         preview = None
-        if sampled is not None:
-            preview = _to_pil(sampled[0])
-        elif record.step % PREVIEW_EVERY == 0 or record.step == self.req.steps:
+        if record.step % PREVIEW_EVERY == 0 or record.step == self.req.steps:
             preview = render_loss_chart(losses, self.log.saves)
+        self._update(record.step, preview)
+
+    def preview(self, step: int, sampled: torch.Tensor) -> None:
+        """The step's first sample as the node's preview."""
+        self._update(step, _to_pil(sampled[0]))
+
+    def _update(self, step: int, preview) -> None:
         try:
-            self.progress.update(record.step, preview)
-        except Exception as e:  # the server's interrupt hook raises inside the progress bar
-            if type(e).__name__ != "InterruptProcessingException":
-                raise
+            self.progress.update(step, preview)
+        except host.interrupt_types():  # the server's interrupt hook raises inside the progress bar
             self.cancel_requested = True
 
     def should_stop(self) -> bool:
@@ -297,7 +310,7 @@ def run(req: RunRequest) -> RunResult:
     try:
         result = _train(req, loop_config, networks, text_encoder, saver, report)
     except BaseException as error:
-        report.end("interrupted" if type(error).__name__ == "InterruptProcessingException" else "error")
+        report.end("interrupted" if isinstance(error, host.interrupt_types()) else "error")
         raise
     report.end("success")
     return result
@@ -341,20 +354,19 @@ def _train(req: RunRequest, loop_config: LoopConfig, networks: AdapterSet, text_
             saved_now = record.step == req.steps or req.save.due(record.step, epoch_done, record.epoch)
             if saved_now and record.step < req.steps:
                 saved.append(str(saver.periodic_save(trainer, record.step, record.epoch, resolution)))
-            sampled = None
+            report.step(record, saved_now)  # logged before sampling: a Cancel there keeps this step
             if req.samples is not None and req.samples.due(record.step, saved_now, final=record.step == req.steps):
-                sampled = take_samples(record.step, model)
-            report.step(record, saved_now, sampled)
+                report.preview(record.step, take_samples(record.step, model))
 
         try:
-            outcome = trainer.run(start_step, on_step, report.should_stop)
+            outcome = trainer.run(start_step, on_step, report.should_stop, interrupts=host.interrupt_types())
         except NonFiniteLoss as error:
             last = saved[-1] if saved else "none was saved yet"
             raise ValueError(f"{error}. Last good checkpoint: {last}. Lower the learning rate or check the data.") from None
         if outcome.interrupted:
-            path = saver.folder / f"{saver.name}_interrupted_{outcome.step}.safetensors"
             if outcome.step > start_step:
-                saver.write(path, outcome.step, history[-1]["epoch"], resolution, overwrite=True)
+                path = saver.interrupted_path(outcome.step)
+                saver.write(path, outcome.step, history[-1]["epoch"], resolution, overwrite=False)
                 saver.write_state(path, trainer, outcome.step)
             raise host.interrupt_exception()
         epoch = history[-1]["epoch"] if history else 0

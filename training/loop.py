@@ -137,31 +137,48 @@ class Trainer:
         return (per_sample * family.weight(sigma, cfg.snr).to(per_sample)).mean(), sigma, epoch
 
     def run(self, start_step: int = 0, on_step: Callable[[StepRecord], None] = lambda r: None,
-            should_stop: Callable[[], bool] = lambda: False) -> Outcome:
+            should_stop: Callable[[], bool] = lambda: False,
+            interrupts: tuple[type[BaseException], ...] = ()) -> Outcome:
+        """Optimizer steps from `start_step` to the end. A stop asked through `should_stop`, or
+        an exception of `interrupts` raised anywhere inside a step (the host's Cancel may fire
+        inside the model's forward, the backward or `on_step`), ends the run with the weights of
+        the last completed step: a half-done step (accumulation, backward) is dropped."""
         cfg = self.config
         step = start_step
         while step < cfg.steps:
-            self.optimizer.zero_grad(set_to_none=True)
-            losses, sigmas = [], []
-            for k in range(cfg.grad_accum):
-                if should_stop():
-                    self.optimizer.zero_grad(set_to_none=True)  # a partial accumulation is dropped
+            try:
+                record = self._step(step, should_stop)
+                if record is None:
                     return Outcome(step, interrupted=True)
-                loss, sigma, epoch = self.micro_loss(step * cfg.grad_accum + k)
-                (loss / cfg.grad_accum).backward()
-                losses.append(loss.item())
-                sigmas.append(sigma.mean().item())
-            mean_loss = sum(losses) / len(losses)
-            if not math.isfinite(mean_loss):
+                step += 1
+                on_step(record)
+            except interrupts:
                 self.optimizer.zero_grad(set_to_none=True)
-                raise NonFiniteLoss(step + 1, mean_loss)
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-            lr = self.optimizer.param_groups[0]["lr"]
-            self.optimizer.step()
-            self.scheduler.step()
-            if cfg.scale_weight_norms > 0 and self.network is not None:
-                self.network.apply_max_norm(cfg.scale_weight_norms)
-            step += 1
-            on_step(StepRecord(step, epoch, mean_loss, lr, sum(sigmas) / len(sigmas)))
+                return Outcome(step, interrupted=True)
         return Outcome(step)
+
+    def _step(self, step: int, should_stop: Callable[[], bool]) -> StepRecord | None:
+        """One optimizer step (all its micro-batches); None when asked to stop before it ends."""
+        cfg = self.config
+        self.optimizer.zero_grad(set_to_none=True)
+        losses, sigmas = [], []
+        for k in range(cfg.grad_accum):
+            if should_stop():
+                self.optimizer.zero_grad(set_to_none=True)  # a partial accumulation is dropped
+                return None
+            loss, sigma, epoch = self.micro_loss(step * cfg.grad_accum + k)
+            (loss / cfg.grad_accum).backward()
+            losses.append(loss.item())
+            sigmas.append(sigma.mean().item())
+        mean_loss = sum(losses) / len(losses)
+        if not math.isfinite(mean_loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLoss(step + 1, mean_loss)
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        if cfg.scale_weight_norms > 0 and self.network is not None:
+            self.network.apply_max_norm(cfg.scale_weight_norms)
+        return StepRecord(step + 1, epoch, mean_loss, lr, sum(sigmas) / len(sigmas))

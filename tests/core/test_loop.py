@@ -226,6 +226,49 @@ def test_an_interrupt_before_anything_runs_no_model_call():
     assert run.predictor.calls == 0
 
 
+class HostCancel(Exception):
+    """Stands for the host's Cancel exception (ComfyUI raises its own inside a forward)."""
+
+
+@pytest.mark.parametrize("where", ["forward", "backward", "on_step"])
+def test_a_cancel_raised_inside_a_step_ends_with_the_last_completed_step(where):
+    """The host may raise its Cancel inside the model's forward or backward, or while a step's
+    callback samples: the run ends with the weights of the last completed step, unchanged."""
+    samples = [Sample(latent(i)) for i in range(4)]
+    run = Run(samples=samples, config=LoopConfig(steps=6, grad_accum=2))
+    after_step = {}
+    predict = run.predictor.predict
+
+    def raising_predict(noisy, sigma, conds):
+        out = predict(noisy, sigma, conds)
+        if run.predictor.calls == 6:  # step 3's second micro-batch
+            if where == "forward":
+                raise HostCancel()
+            out.register_hook(lambda grad: (_ for _ in ()).throw(HostCancel()) if where == "backward" else grad)
+        return out
+
+    def on_step(record):
+        after_step[record.step] = params_of(run.network)
+        if where == "on_step" and record.step == 2:
+            raise HostCancel()
+
+    run.predictor.predict = raising_predict
+    outcome = run.trainer.run(0, on_step, interrupts=(HostCancel,))
+    last = 2
+    assert outcome == Outcome(last, interrupted=True)
+    assert max(after_step) == last
+    assert same(params_of(run.network), after_step[last])
+    assert all(p.grad is None for p in run.network.parameters())
+    assert run.scheduler.last_epoch == last
+
+
+def test_an_exception_that_is_not_a_cancel_propagates():
+    run = Run(config=LoopConfig(steps=3))
+    run.predictor.predict = lambda *a: (_ for _ in ()).throw(RuntimeError("broken model"))
+    with pytest.raises(RuntimeError, match="broken model"):
+        run.trainer.run(0, interrupts=(HostCancel,))
+
+
 # --- non-finite loss ------------------------------------------------------------------------------
 
 def test_a_nan_loss_stops_at_its_step_and_keeps_the_previous_weights():

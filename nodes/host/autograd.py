@@ -1,0 +1,148 @@
+"""Autograd through ComfyUI's modules: frozen weights usable in backward, per-block gradient
+checkpointing, and safety against blocks that add into their inputs in place.
+
+ComfyUI's blocks may update tensors in place (`x += …`) after autograd saved them (Flux's blocks
+on 0.33, CLIP layers): plain backward then fails, and a checkpoint's recompute silently uses the
+overwritten values. Both paths here give autograd private copies of what it saves, so a block is
+as safe to recompute as to run the first time, whatever it does in place."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+
+log = logging.getLogger("LoRALab")
+
+
+def _detached(weight):
+    return weight.detach()
+
+
+def freeze_base_weights(patcher, root: str = "diffusion_model") -> None:
+    """Frozen weights must be usable in backward without being trained: loader nodes make
+    inference tensors (which autograd refuses to save), and ComfyUI parameters require grad.
+    ComfyUI's cast layers get a weight wrapper that hands autograd a fresh detached copy; the few
+    other parameters (norm scales) get patcher-scoped detached clones. Both are undone when the
+    patcher is unloaded: the shared module itself is never changed."""
+    from comfy.ops import CastWeightBiasOp
+
+    top = patcher.model.get_submodule(root)
+    for module_path, module in top.named_modules():
+        for name, param in module.named_parameters(recurse=False):
+            key = ".".join(part for part in (root, module_path, name) if part)
+            if isinstance(module, CastWeightBiasOp) and name in ("weight", "bias"):
+                patcher.add_weight_wrapper(key, _detached)
+            else:
+                patcher.add_object_patch(key, torch.nn.Parameter(param.detach().clone(), requires_grad=False))
+
+
+def copies_of_saved_tensors():
+    """Autograd keeps its own copy of every tensor it saves, so blocks that add into their
+    inputs in place (`x += …`) cannot invalidate them."""
+    return torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t)
+
+
+def _current_saved_tensor_hooks():
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    return top(False) if top is not None else None
+
+
+class _CopyingRecompute:
+    """The recompute context of a non-reentrant checkpoint: every tensor the recompute saves is
+    copied before torch's checkpoint keeps it (torch keeps a view, which a later in-place add of
+    the same recompute would overwrite without any error)."""
+
+    def __enter__(self):
+        hooks = _current_saved_tensor_hooks()  # torch's recomputation hooks, innermost now
+        if hooks is None:
+            raise RuntimeError("torch's checkpoint recompute hooks are not visible")
+        pack, unpack = hooks
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(lambda t: pack(t.detach().clone()), unpack)
+        return self._hooks.__enter__()
+
+    def __exit__(self, *exc):
+        return self._hooks.__exit__(*exc)
+
+
+def _safe_contexts():
+    return contextlib.nullcontext(), _CopyingRecompute()
+
+
+def checkpointing_available() -> bool:
+    """Safe checkpointing needs to see torch's recompute hooks (a private torch function, so it
+    is detected, not assumed); without it blocks run un-checkpointed with copied saved tensors —
+    correct, with more memory."""
+    return hasattr(torch._C._autograd, "_top_saved_tensors_default_hooks")
+
+
+def run_block(fn, *args, checkpoint: bool, **kwargs):
+    """`fn(*args, **kwargs)` with gradients correct whatever the block does in place:
+    checkpointed per block (use_reentrant=False, recompute on copies) or run with copies of
+    every saved tensor."""
+    if checkpoint and torch.is_grad_enabled() and checkpointing_available():
+        return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False, context_fn=_safe_contexts, **kwargs)
+    if torch.is_grad_enabled():
+        with copies_of_saved_tensors():
+            return fn(*args, **kwargs)
+    return fn(*args, **kwargs)
+
+
+def _flux_block(block, args: dict) -> dict:
+    common = dict(vec=args["vec"], pe=args["pe"], attn_mask=args.get("attn_mask"),
+                  transformer_options=args.get("transformer_options"))
+    if "txt" in args:
+        img, txt = block(img=args["img"], txt=args["txt"], **common)
+        return {"img": img, "txt": txt}
+    return {"img": block(args["img"], **common)}
+
+
+def flux_block_patch(block, checkpoint: bool):
+    """A Flux block as a patcher block-replace patch, run through `run_block` on cloned inputs
+    (a block may add into them in place). The block module is bound here: ComfyUI's
+    `original_block` closure refers to a loop variable that has moved on by the time a checkpoint
+    recomputes."""
+
+    def patch(args, extra):
+        keys = [k for k, v in args.items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+        out_keys = ("img", "txt") if "txt" in args else ("img",)
+
+        def run(*values):
+            out = _flux_block(block, {**args, **{k: v.clone() for k, v in zip(keys, values)}})
+            return tuple(out[k] for k in out_keys)
+
+        return dict(zip(out_keys, run_block(run, *[args[k] for k in keys], checkpoint=checkpoint)))
+
+    return patch
+
+
+_UNET_CHECKPOINTED = ("ResBlock", "SpatialTransformer")
+
+
+def _checkpointed_forward(module):
+    forward = type(module).forward.__get__(module)
+
+    def run(*args, **kwargs):
+        return run_block(forward, *args, checkpoint=True, **kwargs)
+
+    return run
+
+
+def unet_checkpointing(patcher):
+    """Per-block checkpointing for UNets, as a patcher injection: the blocks' `forward` is
+    replaced on the instances while this patcher is loaded and restored when it is unloaded
+    (ComfyUI's own checkpoint helper in the UNet is a no-op)."""
+    from comfy.patcher_extension import PatcherInjection
+
+    layers = [m for m in patcher.model.diffusion_model.modules() if type(m).__name__ in _UNET_CHECKPOINTED]
+
+    def inject(_):
+        for layer in layers:
+            layer.forward = _checkpointed_forward(layer)
+
+    def eject(_):
+        for layer in layers:
+            layer.__dict__.pop("forward", None)
+
+    patcher.set_injections("loralab_checkpointing", [PatcherInjection(inject=inject, eject=eject)])

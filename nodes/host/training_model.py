@@ -1,0 +1,207 @@
+"""The MODEL (and CLIP) prepared for training on a patcher clone, and encoding of images and
+captions. Nothing here touches the input MODEL's patcher: adapters, weight wrappers and block
+patches live on the clone and are undone when it is unloaded."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from . import autograd
+from .families import base_family, prediction_family
+from .version import training_flags
+
+
+def training_clone(model):
+    """A clone to train (or sample) with patcher-scoped changes. ComfyUI 0.33's dynamic patcher
+    (NVIDIA GPUs by default; CPUs never get one) is trained through its non-dynamic delegate, as
+    ComfyUI's own samplers do when they need a regular patcher."""
+    is_dynamic = getattr(model, "is_dynamic", None)
+    if is_dynamic is not None and is_dynamic() and hasattr(model, "get_non_dynamic_delegate"):
+        return model.get_non_dynamic_delegate()
+    return model.clone()
+
+
+def attach_with(patcher, network) -> None:
+    """Adapters attached while `patcher` is loaded (injected), detached when it is unloaded:
+    scoped to this patcher, never to the shared module's other users."""
+    from comfy.patcher_extension import PatcherInjection
+
+    patcher.set_injections("loralab_adapters", [PatcherInjection(
+        inject=lambda _: network.attach(), eject=lambda _: network.detach())])
+
+
+def unload(patcher) -> None:
+    """Takes a patcher off the device and undoes its patches, injections and wrappers."""
+    import comfy.model_management as mm
+
+    for loaded in list(mm.current_loaded_models):
+        if loaded.model is patcher:
+            loaded.model_unload()
+            mm.current_loaded_models.remove(loaded)
+    patcher.detach(unpatch_all=True)
+
+
+def _raw_output_sampling(model_sampling):
+    """A copy of the model's sampling object whose calculate_denoised returns the raw network
+    output (ε, v or flow velocity) instead of x0, so the loss is taken in the model's own
+    prediction space: x0-space MSE would reweight timesteps by σ²."""
+    import copy
+
+    class RawOutput(type(model_sampling)):
+        def calculate_denoised(self, sigma, model_output, model_input):
+            return model_output
+
+    raw = copy.copy(model_sampling)
+    raw.__class__ = RawOutput
+    return raw
+
+
+class TrainingTextEncoder:
+    """A CLIP clone that encodes captions with gradients, its adapters attached the same
+    patcher-scoped way as the diffusion model's."""
+
+    def __init__(self, clip, network):
+        self.clip = clip.clone()
+        self.network = network
+        self.patcher = self.clip.patcher
+        attach_with(self.patcher, network)
+        autograd.freeze_base_weights(self.patcher, root="")
+
+    def encode(self, caption: str):
+        # ComfyUI's CLIP layers add into their inputs in place (`x += …`): autograd keeps a copy
+        # of what it saves (a few activations of 77 tokens).
+        with autograd.copies_of_saved_tensors():
+            return self.clip.encode_from_tokens_scheduled(self.clip.tokenize(caption))[0]
+
+    def close(self) -> None:
+        self.network.detach()
+        unload(self.patcher)
+
+
+class TrainingModel:
+    """The input MODEL prepared for training on a clone: adapters attached through a patcher
+    injection, frozen weights wrapped, raw-output sampling, block patches, ComfyUI's training
+    flags set. Nothing touches the input MODEL's patcher, and `close()` (or leaving the `with`
+    block) undoes it all."""
+
+    def __init__(self, model, network, checkpointing: bool, guidance: float | None, text_encoder=None):
+        self.base = base_family(model)
+        self.family = prediction_family(model)
+        self.patcher = training_clone(model)
+        self.network = network
+        self.guidance = guidance if self.base == "flux" and self._has_guidance() else None
+        if network is not None:  # None: the model as it is (evaluation, comparisons)
+            attach_with(self.patcher, network)
+        self.patcher.add_object_patch("model_sampling", _raw_output_sampling(model.get_model_object("model_sampling")))
+        autograd.freeze_base_weights(self.patcher)
+        if self.base == "flux":
+            unet = self.patcher.model.diffusion_model
+            for kind, blocks in (("double_block", unet.double_blocks), ("single_block", unet.single_blocks)):
+                for i, block in enumerate(blocks):
+                    self.patcher.set_model_patch_replace(autograd.flux_block_patch(block, checkpointing), "dit", kind, i)
+        elif checkpointing:
+            autograd.unet_checkpointing(self.patcher)
+        sampling = model.get_model_object("model_sampling")
+        self.sigma_table = None if self.base == "flux" else sampling.sigmas.detach().float().clone()
+        self.device = self.patcher.load_device
+        self.text_encoder = text_encoder  # captions are then encoded every step, with gradients
+        self._flags = contextlib.ExitStack()
+
+    def _has_guidance(self) -> bool:
+        return bool(getattr(self.patcher.model.diffusion_model.params, "guidance_embed", False))
+
+    @property
+    def _patchers(self) -> list:
+        return [self.patcher] + ([self.text_encoder.patcher] if self.text_encoder is not None else [])
+
+    def _ensure_loaded(self) -> None:
+        """Loads (and so patches and injects) every patcher that training uses, unless they are
+        all loaded already: loading another model (sampling, a text encoder) may evict one."""
+        import comfy.model_management as mm
+
+        loaded = {id(m.model) for m in mm.current_loaded_models}
+        if any(id(p) not in loaded or (p.injections and not p.is_injected) for p in self._patchers):
+            mm.load_models_gpu(self._patchers, force_full_load=True)
+
+    def __enter__(self):
+        import comfy.model_management as mm
+
+        self._flags.enter_context(training_flags())
+        try:
+            mm.load_models_gpu(self._patchers, force_full_load=True)
+            if self.network is not None:
+                self.network.to(self.device)
+            if self.text_encoder is not None:
+                self.text_encoder.network.to(self.text_encoder.patcher.load_device)
+            self.reload()  # adapters attached (also on every re-injection; attach() is idempotent)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        try:
+            if self.network is not None:
+                self.network.detach()
+            if self.text_encoder is not None:
+                self.text_encoder.close()
+            unload(self.patcher)
+        finally:
+            self._flags.close()
+
+    def reload(self) -> None:
+        """Back on the device after another patcher of the same model (sampling) was loaded."""
+        import comfy.model_management as mm
+
+        mm.load_models_gpu(self._patchers, force_full_load=True)
+        for network in (self.network, self.text_encoder.network if self.text_encoder else None):
+            if network is not None:
+                network.attach()
+
+    def predict(self, noisy, sigma, conds: list):
+        """Raw model output for a batch; `conds` holds one CONDITIONING entry per sample, or its
+        caption when the text encoder is trained."""
+        self._ensure_loaded()
+        if self.text_encoder is not None:
+            conds = [self.text_encoder.encode(c) if isinstance(c, str) else c for c in conds]
+        kwargs = self._model_kwargs(conds, noisy)
+        return self.patcher.model.apply_model(noisy, sigma, transformer_options=self.patcher.model_options["transformer_options"],
+                                              **kwargs)
+
+    def _model_kwargs(self, conds: list, noisy) -> dict:
+        per_sample = []
+        for i, (cross_attn, extra) in enumerate(conds):
+            params = {**extra, "cross_attn": cross_attn, "device": self.device, "noise": noisy[i:i + 1],
+                      "width": noisy.shape[-1] * 8, "height": noisy.shape[-2] * 8, "prompt_type": "positive"}
+            if self.guidance is not None:
+                params["guidance"] = self.guidance
+            per_sample.append(self.patcher.model.extra_conds(**params))
+        out = {}
+        for key, first in per_sample[0].items():
+            value = first.concat([s[key] for s in per_sample[1:]]) if len(per_sample) > 1 else first.cond
+            out[key] = value.to(self.device) if isinstance(value, torch.Tensor) else value
+        return out
+
+
+def encode_images(vae, model, pixels: torch.Tensor) -> torch.Tensor:
+    """IMAGE (B,H,W,3) in [0,1] -> latents in the model's space (VAE output, then the model's
+    process_latent_in: Flux (x−0.1159)·0.3611, SD1.5 ×0.18215, SDXL ×0.13025)."""
+    with torch.no_grad():  # frozen encoders: no graph (their weights may be inference tensors)
+        return model.model.process_latent_in(vae.encode(pixels[..., :3]))
+
+
+def encode_caption(clip, text: str):
+    """The CONDITIONING entry ([cond, {pooled_output, ...}]) of one caption."""
+    with torch.no_grad():
+        return clip.encode_from_tokens_scheduled(clip.tokenize(text))[0]
+
+
+def clip_skip(clip) -> int | None:
+    """kohya's clip skip (1 = last layer) from an upstream CLIPSetLastLayer, or None."""
+    layer = getattr(clip, "layer_idx", None)
+    return -layer if layer is not None and layer < 0 else None
