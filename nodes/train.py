@@ -12,8 +12,17 @@ from . import host, train_run, types
 
 def run_notes(request, base: str) -> list[str]:
     """Settings of this run that cannot take effect."""
-    return network_notes(request.network, base) + optimizer_notes(request.optimizer.optimizer,
-                                                                  request.optimizer.optimizer_args)
+    notes = network_notes(request.network, base) + optimizer_notes(request.optimizer.optimizer,
+                                                                   request.optimizer.optimizer_args)
+    images, batch = len(request.dataset.samples), request.optimizer.batch_size
+    per_epoch = sum(s.repeats for s in request.dataset.samples)
+    if batch > per_epoch:
+        notes.append(f"batch_size {batch} is larger than the dataset ({per_epoch} image(s) per epoch): "
+                     f"a batch holds at most {per_epoch}")
+    elif batch > images:
+        notes.append(f"batch_size {batch} is larger than the dataset's {images} image(s): a batch holds repeats "
+                     f"of the same image")
+    return notes
 
 
 class Train(io.ComfyNode):

@@ -174,10 +174,12 @@ class Save(io.ComfyNode):
     @classmethod
     def execute(cls, every_n_steps, every_n_epochs, keep_last, precision, subfolder, overwrite,
                 save_training_state=True, resume_from=NO_FILE) -> io.NodeOutput:
+        if precision not in SAVE_DTYPES:  # an old workflow or an API client: a run must not fail at its save
+            raise ValueError(f"precision: {precision!r} is not one of {', '.join(SAVE_DTYPES)}")
         try:
             check_subfolder(subfolder)
         except ValueError as error:
-            raise ValueError(f"subfolder: {error}") from None
+            raise ValueError(error if str(error).startswith("subfolder") else f"subfolder: {error}") from None
         return io.NodeOutput(SaveSettings(every_n_steps, every_n_epochs, keep_last, precision, subfolder, overwrite,
                                           save_training_state, None if resume_from == NO_FILE else resume_from))
 
@@ -216,5 +218,9 @@ class Samples(io.ComfyNode):
     def execute(cls, prompts, negative, sampler, scheduler, steps, cfg, guidance, seed, width, height,
                 every_n_steps, sample_at_start) -> io.NodeOutput:
         lines = tuple(line.strip() for line in prompts.splitlines() if line.strip())
+        samplers, schedulers = host.sampler_names()  # checked now, not at the first sample after training
+        for input_name, value, options in (("sampler", sampler, samplers), ("scheduler", scheduler, schedulers)):
+            if value not in options:
+                raise ValueError(f"{input_name}: {value!r} is not one of this ComfyUI's {input_name}s")
         return io.NodeOutput(SampleSettings(lines, negative, sampler, scheduler, steps, cfg, guidance, seed, width,
                                             height, every_n_steps, sample_at_start))

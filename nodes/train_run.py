@@ -25,11 +25,13 @@ from ..training.network import (EXTRA_NETWORK_ARGS, LYCORIS_ALGO, NETWORK_MODULE
                                 NetworkConfig)
 from ..training.optimizers import build_optimizer
 from ..training.run_metadata import settings_metadata
+from ..training.save_plan import SavePlan
 from ..training.schedulers import build_scheduler
 from ..training.settings import NetworkSettings, ObjectiveSettings, OptimizerSettings, SampleSettings, SaveSettings
 from ..training.train_state import SUFFIX as STATE_SUFFIX
 from ..training.train_state import load_state, save_state
 from . import host, run_log
+from .host import folders as host_folders
 
 PREVIEW_EVERY = 10  # steps between loss-chart previews (rendering is cheap, but not free)
 CAPTION_VARIANTS = 8  # pre-drawn caption variants per sample whose encodings are cached
@@ -147,21 +149,39 @@ def _progress_text(record: StepRecord, total: int, losses: list[float], started:
 
 
 class _Saver:
-    """Writes the adapter (final, periodic, interrupted) under the loras folder, atomically."""
+    """Writes the adapter (final, periodic, interrupted) under the loras folder, atomically, to the
+    names its SavePlan decided and checked before training."""
 
     def __init__(self, req: RunRequest, base: str, network: AdapterSet):
         self.req, self.base, self.network = req, base, network
-        self.name = lora_file.check_output_name(req.output_name)
-        self.folder = host.loras_folder() / lora_file.check_subfolder(req.save.subfolder)
-        self.final = self.folder / f"{self.name}.safetensors"
+        save = req.save
+        self.plan = SavePlan.create(host.loras_folder(), save.subfolder, req.output_name, req.steps, save.overwrite,
+                                    save.save_state, save.keep_last, save.precision)
+        self.name, self.folder, self.final = self.plan.name, self.plan.folder, self.plan.final
         self.periodic: list[Path] = []
+        self.due: set[int] = set()
         self.tag_frequency = _tag_frequency(req.dataset)
         self.settings = settings_metadata(optimizer=req.optimizer, objective=req.objective, network=req.network,
                                           dataset=req.dataset, steps=req.steps, flow=base == "flux",
                                           resume_from=req.save.resume_from)
-        if self.final.exists() and not req.save.overwrite:
-            raise FileExistsError(f"output_name: {self.final.name} already exists in the loras folder "
-                                  f"{self.folder}; choose another name or allow overwriting in the save settings")
+        if (self.final.exists() or self.final.is_symlink()) and not save.overwrite:
+            raise FileExistsError(f"output_name: {self.plan.shown(self.final)} already exists in the loras folder; "
+                                  f"choose another name or allow overwriting in the save settings")
+        numel = sum(p.numel() for p in network.parameters()) + sum(b.numel() for b in network.buffers())
+        itemsize = torch.empty((), dtype=lora_file.SAVE_DTYPES[save.precision]).element_size()
+        self.plan.check_space(numel * itemsize, numel * 4 * 4)  # state: weights + up to 3 optimizer tensors
+
+    def prepare(self, trainer: Trainer, start_step: int) -> None:
+        """Before the first step: the periodic saves this run will make, none of which may replace
+        a file without overwrite; leftovers of killed saves removed; a resumed run's earlier
+        periodic saves counted by keep_last."""
+        spe, per_epoch, accum = trainer.steps_per_epoch, trainer.order.batches_per_epoch, trainer.config.grad_accum
+        self.due = {s for s in range(start_step + 1, self.req.steps)
+                    if self.req.save.due(s, s % spe == 0, (s * accum - 1) // per_epoch)}
+        self.plan.clean_leftovers()
+        self.plan.check_clashes(sorted(self.due), resumed=start_step > 0)
+        if start_step > 0:
+            self.periodic = self.plan.earlier_periodic(start_step)
 
     def metadata(self, step: int, epoch: int, resolution: str) -> dict:
         req, cfg = self.req, self.req.network.network
@@ -172,37 +192,53 @@ class _Saver:
             seed=req.seed, clip_skip=host.clip_skip(req.clip) if req.clip is not None else None,
             text_encoder_lr=req.optimizer.text_encoder_lr, tag_frequency=self.tag_frequency, settings=self.settings))
 
+    def _guarded(self, path: Path, write):
+        """Runs a write; its failure names the file relative to the loras folder."""
+        try:
+            return write()
+        except FileExistsError:
+            raise FileExistsError(f"output_name: {self.plan.shown(path)} already exists in the loras folder (it "
+                                  f"appeared during the run); choose another name or allow overwriting") from None
+        except OSError as error:
+            reason = error.strerror or str(error)  # never error.filename: a server path
+            if reason.startswith("cannot write "):
+                reason = reason.split(": ", 1)[-1]
+            raise OSError(f"save: cannot write {self.plan.shown(path)} in the loras folder: {reason}") from None
+
     def write(self, path: Path, step: int, epoch: int, resolution: str, overwrite: bool) -> dict:
         dtype = lora_file.SAVE_DTYPES[self.req.save.precision]
         tensors = self.network.file_state_dict(dtype)
-        lora_file.write_atomic(path, tensors, self.metadata(step, epoch, resolution), overwrite=overwrite)
+        self._guarded(path, lambda: lora_file.write_atomic(path, tensors, self.metadata(step, epoch, resolution),
+                                                           overwrite=overwrite))
         return tensors
 
-    def write_state(self, lora_path: Path, trainer: Trainer, step: int) -> None:
+    def write_state(self, lora_path: Path, trainer: Trainer, step: int, overwrite: bool) -> None:
         if self.req.save.save_state:
-            save_state(lora_path.with_suffix(STATE_SUFFIX), self.network, trainer.optimizer, trainer.scheduler, step,
-                       fingerprint(self.req, trainer))
+            state = lora_path.with_suffix(STATE_SUFFIX)
+            self._guarded(state, lambda: save_state(state, self.network, trainer.optimizer, trainer.scheduler, step,
+                                                    fingerprint(self.req, trainer), overwrite=overwrite))
 
     def interrupted_path(self, step: int) -> Path:
         """`<name>_interrupted_<step>`, or with a new `-N` suffix when that name (or its training
         state) exists: an earlier cancelled run's files are never replaced."""
-        stem = f"{self.name}_interrupted_{step}"
-        for n in range(10_000):
-            path = self.folder / f"{stem}{f'-{n}' if n else ''}.safetensors"
-            if not path.exists() and not path.with_suffix(STATE_SUFFIX).exists():
-                return path
-        raise FileExistsError(f"output_name: too many interrupted files named {stem}* in {self.folder}")
+        return self.plan.interrupted(step)
+
+    def save_interrupted(self, trainer: Trainer, step: int, epoch: int, resolution: str) -> Path:
+        path = self.interrupted_path(step)
+        self.write(path, step, epoch, resolution, overwrite=False)
+        self.write_state(path, trainer, step, overwrite=False)
+        return path
 
     def periodic_save(self, trainer: Trainer, step: int, epoch: int, resolution: str) -> Path:
-        path = self.folder / f"{self.name}-step{step:06d}.safetensors"
+        path = self.plan.periodic(step)
         self.write(path, step, epoch, resolution, overwrite=self.req.save.overwrite)
-        self.write_state(path, trainer, step)
+        self.write_state(path, trainer, step, overwrite=self.req.save.overwrite)
         self.periodic.append(path)
         keep = self.req.save.keep_last
         while keep and len(self.periodic) > keep:
             old = self.periodic.pop(0)
+            old.with_suffix(STATE_SUFFIX).unlink(missing_ok=True)  # the state first: never one without its LoRA
             old.unlink(missing_ok=True)
-            old.with_suffix(STATE_SUFFIX).unlink(missing_ok=True)
         return path
 
 
@@ -341,17 +377,20 @@ def _train(req: RunRequest, loop_config: LoopConfig, networks: AdapterSet, text_
         trainer = Trainer(model, list(networks.parameters()), samples, loop_config, optimizer, scheduler, networks)
         start_step = 0
         if req.save.resume_from:
-            start_step = load_state(host.find_state_file(req.save.resume_from), networks, optimizer, scheduler,
-                                    fingerprint(req, trainer))
+            try:
+                start_step = load_state(host.find_state_file(req.save.resume_from), networks, optimizer, scheduler,
+                                        fingerprint(req, trainer))
+            except ValueError as error:
+                raise ValueError(f"resume_from: {error}") from None
             report.resumed(start_step)
+        saver.prepare(trainer, start_step)
         if req.samples is not None and req.samples.at_start:
             take_samples(start_step, model)
 
         def on_step(record: StepRecord) -> None:
             history.append({"step": record.step, "epoch": record.epoch, "loss": record.loss, "lr": record.lr,
                             "sigma": record.sigma})
-            epoch_done = record.step % trainer.steps_per_epoch == 0
-            saved_now = record.step == req.steps or req.save.due(record.step, epoch_done, record.epoch)
+            saved_now = record.step == req.steps or record.step in saver.due
             if saved_now and record.step < req.steps:
                 saved.append(str(saver.periodic_save(trainer, record.step, record.epoch, resolution)))
             report.step(record, saved_now)  # logged before sampling: a Cancel there keeps this step
@@ -365,9 +404,7 @@ def _train(req: RunRequest, loop_config: LoopConfig, networks: AdapterSet, text_
             raise ValueError(f"{error}. Last good checkpoint: {last}. Lower the learning rate or check the data.") from None
         if outcome.interrupted:
             if outcome.step > start_step:
-                path = saver.interrupted_path(outcome.step)
-                saver.write(path, outcome.step, history[-1]["epoch"], resolution, overwrite=False)
-                saver.write_state(path, trainer, outcome.step)
+                saver.save_interrupted(trainer, outcome.step, history[-1]["epoch"], resolution)
             raise host.interrupt_exception()
         epoch = history[-1]["epoch"] if history else 0
         tensors = saver.write(saver.final, outcome.step, epoch, resolution, overwrite=req.save.overwrite)
@@ -391,9 +428,15 @@ def build_networks(req: RunRequest, base: str):
         networks["te"] = AdapterNetwork(host.text_encoder_targets(req.clip, base), te_config, seed=req.seed + 1)
         text_encoder = host.TrainingTextEncoder(req.clip, networks["te"])
     if settings.continue_from:
-        tensors = lora_file.read_lora(host.find_lora(settings.continue_from))
-        for network in networks.values():
-            network.load_file_state_dict(tensors, settings.continue_from)
+        path = host.find_lora(settings.continue_from)
+        shown = host_folders.lora_display_name(path)
+        try:
+            tensors = lora_file.read_lora(path)
+            for network in networks.values():
+                network.load_file_state_dict(tensors, shown)
+        except ValueError as error:
+            text = str(error).replace(path.name, shown, 1) if shown not in str(error) else str(error)
+            raise ValueError(f"continue_from: {text}") from None
     return networks, text_encoder
 
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..masking.alpha import find_sidecar, looks_like_sidecar
+from ..masking.alpha import find_sidecar, looks_like_sidecar, read_mask_file
 from .dataset import Dataset, DatasetSample
-from .image_io import DEFAULT_MAX_SIDE, IMAGE_EXTENSIONS, UnreadableFile, probe_image, read_caption
+from .image_io import DEFAULT_MAX_SIDE, IMAGE_EXTENSIONS, MIN_SIDE, UnreadableFile, probe_image, read_caption
 
 ON_BAD_FILE = ("skip", "error")
 _REPEATS_PREFIX = re.compile(r"^(\d+)_(.+)$")
@@ -44,7 +44,7 @@ class _Scan:
 
     def refuse(self, path, reason: str) -> None:
         if self.on_bad_file == "error":
-            raise ValueError(f"cannot use {path}: {reason}")
+            raise ValueError(f"cannot use {self.show(path)}: {reason}")
         self.notes.append(f"skipped {self.show(path)}: {reason}")
 
     def allowed(self, path: Path) -> bool:
@@ -103,6 +103,15 @@ class _Scan:
             caption = read_caption(caption_file) if has_caption else concept
         except UnreadableFile as e:
             self.refuse(file, e.reason if e.path == str(file) else f"{self.show(e.path)}: {e.reason}")
+            return
+        if min(probe.size) < MIN_SIDE:
+            self.refuse(file, f"{_wxh(probe.size)} pixels is too small to train on (at least {MIN_SIDE} on each side)")
+            return
+        if probe.alpha_empty:
+            self.refuse(file, "fully transparent: its loss weight is zero everywhere (nothing to learn)")
+            return
+        if mask is not None and float(read_mask_file(mask, probe.size, mask_probe.source_size)[0].max()) == 0.0:
+            self.refuse(file, f"its mask {self.show(mask)} is black everywhere (nothing to learn)")
             return
         if not has_caption:
             self.uncaptioned.setdefault(concept, []).append(self.show(file))
@@ -163,7 +172,8 @@ def scan_folder(root: Path, folder: Path, caption_extension: str = ".txt", on_ba
         if concept is not None:
             scan.directory(sub, *concept, recurse=True, ancestors=frozenset({folder.resolve()}))
     if not scan.samples:
-        raise ValueError("\n".join([f"no images found in {folder}", *scan.notes]))
+        shown = folder.relative_to(root).as_posix() if folder.is_relative_to(root) else folder.name
+        raise ValueError("\n".join([f"no images found in the dataset folder {shown!r}", *scan.notes]))
     return Dataset(samples=tuple(sorted(scan.samples, key=lambda s: s.path)),
                    notes=tuple(scan.caption_notes() + scan.notes))
 

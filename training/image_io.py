@@ -21,6 +21,7 @@ from ..masking.alpha import SIXTEEN_BIT_MODES, alpha_weight, grey_levels, read_m
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 DEFAULT_MAX_SIDE = 3072
+MIN_SIDE = 16  # pixels on the short side: below, an image is refused (one 2x2 patch of an 8x latent)
 # Pillow's own decompression-bomb error threshold (2 × its default MAX_IMAGE_PIXELS), fixed here so
 # that a host or another node pack changing Image.MAX_IMAGE_PIXELS cannot lift it.
 MAX_PIXELS = 178_956_970
@@ -54,6 +55,7 @@ class ImageProbe:
     source_size: tuple[int, int]  # (width, height) in the file, after EXIF orientation
     has_alpha: bool  # some pixel is transparent
     frames: int
+    alpha_empty: bool = False  # every pixel is transparent: a loss weight of zero everywhere
 
 
 def fitted_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
@@ -146,7 +148,9 @@ def probe_image(path, max_side: int = DEFAULT_MAX_SIDE) -> ImageProbe:
     """Checks that an image decodes and reports its size and whether it is transparent anywhere,
     for a folder scan: JPEGs decode at reduced scale, others fully (transparency needs pixels)."""
     img, frames, source_size = _decode(path, draft=True)
-    return ImageProbe(fitted_size(source_size, max_side), source_size, alpha_weight(img) is not None, frames)
+    weight = alpha_weight(img)
+    return ImageProbe(fitted_size(source_size, max_side), source_size, weight is not None, frames,
+                      alpha_empty=weight is not None and float(weight.max()) == 0.0)
 
 
 def image_size(path, max_side: int = DEFAULT_MAX_SIDE) -> tuple[int, int]:

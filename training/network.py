@@ -175,9 +175,15 @@ class AdapterNetwork(nn.Module):
                 continue
             expected = adapter.state_dict()
             wrong = [k for k in expected if k in own and own[k].shape != expected[k].shape]
-            if wrong or (set(own) ^ set(expected)) - {"alpha"}:
+            if wrong:
+                key = wrong[0]
+                raise ValueError(f"{source}: layer {name} was saved with another algorithm or rank: its {key} is "
+                                 f"{list(own[key].shape)} in the file, {list(expected[key].shape)} in this network"
+                                 f"{_rank_words(own[key].shape, expected[key].shape)}; set rank (and algorithm) to "
+                                 f"the file's to continue it")
+            if (set(own) ^ set(expected)) - {"alpha"}:
                 raise ValueError(f"{source}: layer {name} was saved with another algorithm or rank "
-                                 f"(keys {sorted(own)}, expected {sorted(expected)})")
+                                 f"(its keys {sorted(own)}, this network's {sorted(expected)})")
             # lycoris fixes its scale (alpha / rank) when the module is built: a file alpha loaded
             # into the buffer would be saved again but never used in training.
             alpha = own.pop("alpha", None)
@@ -212,3 +218,12 @@ class AdapterSet(nn.ModuleDict):
 
     def apply_max_norm(self, max_norm: float) -> int:
         return sum(network.apply_max_norm(max_norm) for network in self.values())
+
+
+def _rank_words(saved, expected) -> str:
+    """" (rank 16 in the file, 8 here)" when the shapes differ only in one dimension."""
+    if len(saved) == len(expected):
+        differ = [(a, b) for a, b in zip(saved, expected) if a != b]
+        if len(differ) == 1:
+            return f" (rank {differ[0][0]} in the file, {differ[0][1]} here)"
+    return ""

@@ -12,9 +12,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, safe_open
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
 
-from .lora_file import write_atomic
+from .lora_file import unreadable_reason, write_atomic
 
 SUFFIX = ".trainstate"
 _FORMAT = "loralab-trainstate-1"
@@ -49,7 +50,9 @@ def _join(data, tensors: dict):
     return data
 
 
-def save_state(path: Path, network: torch.nn.Module, optimizer, scheduler, step: int, fingerprint: dict) -> Path:
+def save_state(path: Path, network: torch.nn.Module, optimizer, scheduler, step: int, fingerprint: dict,
+               overwrite: bool = False) -> Path:
+    """Writes the state atomically; an existing file is replaced only with `overwrite`."""
     tensors: dict[str, torch.Tensor] = {}
     payload = {
         "format": _FORMAT,
@@ -60,7 +63,7 @@ def save_state(path: Path, network: torch.nn.Module, optimizer, scheduler, step:
         "optimizer": _split(optimizer.state_dict(), "opt", tensors),
         "scheduler": _split(scheduler.state_dict(), "sched", tensors),
     }
-    return write_atomic(Path(path), tensors, {"loralab_state": json.dumps(payload)}, overwrite=True)
+    return write_atomic(Path(path), tensors, {"loralab_state": json.dumps(payload)}, overwrite=overwrite)
 
 
 def load_state(path: Path, network: torch.nn.Module, optimizer, scheduler, fingerprint: dict) -> int:
@@ -68,8 +71,11 @@ def load_state(path: Path, network: torch.nn.Module, optimizer, scheduler, finge
     path = Path(path)
     if path.suffix != SUFFIX:
         raise ValueError(f"{path.name}: a training state file ends in {SUFFIX}")
-    with safe_open(str(path), "pt") as f:
-        raw = (f.metadata() or {}).get("loralab_state")
+    try:
+        with safe_open(str(path), "pt") as f:
+            raw = (f.metadata() or {}).get("loralab_state")
+    except (OSError, SafetensorError) as error:
+        raise ValueError(f"{path.name} cannot be read ({unreadable_reason(error)})") from None
     if raw is None:
         raise ValueError(f"{path.name} is not a LoRA Lab training state")
     payload = json.loads(raw)
@@ -79,7 +85,10 @@ def load_state(path: Path, network: torch.nn.Module, optimizer, scheduler, finge
     if different:
         details = ", ".join(f"{k}: saved {old!r}, now {new!r}" for k, (old, new) in different.items())
         raise ValueError(f"{path.name} was saved by a run with other settings ({details}); resume needs the same ones")
-    tensors = load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError) as error:
+        raise ValueError(f"{path.name} cannot be read ({unreadable_reason(error)})") from None
     saved = _join(payload["network"], tensors)
     with torch.no_grad():
         for name, value in [*network.named_parameters(), *network.named_buffers()]:

@@ -14,17 +14,32 @@ def loras_folder():
 
 def find_lora(name: str):
     """Full path of a LoRA by its name in ComfyUI's loras folders, or by a full path that lies
-    inside one of them (a Train node's lora_path output); anything else is a clear error."""
+    inside one of them (a Train node's lora_path output); anything else is a clear error. A name
+    that leads outside its loras folder through a symbolic link is refused like a missing one."""
     import folder_paths
 
+    roots = [Path(root).resolve() for root in folder_paths.get_folder_paths("loras")]
     path = folder_paths.get_full_path("loras", name)
+    candidate = Path(path).resolve() if path is not None else Path(name).resolve()
+    if candidate.is_file() and any(candidate.is_relative_to(root) for root in roots):
+        return Path(path) if path is not None else candidate
     if path is not None:
-        return Path(path)
-    candidate = Path(name).resolve()
-    if candidate.is_file() and any(candidate.is_relative_to(Path(root).resolve())
-                                   for root in folder_paths.get_folder_paths("loras")):
-        return candidate
-    raise FileNotFoundError(f"continue_from: LoRA {name!r} is not in ComfyUI's loras folders")
+        raise FileNotFoundError(f"continue_from: {name!r} leads outside ComfyUI's loras folders through a "
+                                f"symbolic link; such files are not read")
+    raise FileNotFoundError(f"continue_from: LoRA {Path(name).name if Path(name).is_absolute() else name!r} is "
+                            f"not in ComfyUI's loras folders")
+
+
+def lora_display_name(path) -> str:
+    """A file's name relative to the loras folder that holds it (never the server's full path)."""
+    import folder_paths
+
+    path = Path(path)
+    for root in folder_paths.get_folder_paths("loras"):
+        for base in (Path(root), Path(root).resolve()):
+            if path.is_relative_to(base):
+                return path.relative_to(base).as_posix()
+    return path.name
 
 
 def lora_file_names() -> list[str]:
@@ -112,9 +127,9 @@ def resolve_dataset_folder(folder: str, custom_path: str) -> tuple[Path, Path]:
         for root in allowed_dataset_roots():
             if target.is_relative_to(root):
                 return root, target
-        raise ValueError(f"custom_path: {target} is not inside an allowed dataset root; add its parent to "
-                         f"\"dataset_roots\" in {config_path()} (allowed now: "
-                         f"{', '.join(str(r) for r in allowed_dataset_roots())})")
+        raise ValueError(f"custom_path: {custom_path.strip()!r} is not inside an allowed dataset root: a typed "
+                         f"path must lie in ComfyUI's input folder or under a \"dataset_roots\" entry of the pack's "
+                         f"{CONFIG_FILE_NAME} (ask whoever runs the server to add it)")
     root = input_folder()
     target = (root / folder).resolve()
     if not target.is_relative_to(root):

@@ -11,8 +11,10 @@ from comfyui_lora_lab.training import image_io
 from comfyui_lora_lab.training.folder_dataset import scan_folder, summarize
 
 
-def image(path, size=(8, 6), mode="RGB", colour=None, **params):
+def image(path, size=(24, 16), mode="RGB", colour=None, **params):
     path.parent.mkdir(parents=True, exist_ok=True)
+    if colour is None and mode == "L":
+        colour = 255  # a mask that keeps everything (an all-black one is refused: nothing to learn)
     Image.new(mode, size, colour).save(path, **params)
     return path
 
@@ -22,7 +24,7 @@ def caption(path, text):
 
 
 def transparent_png(path):
-    pixels = np.full((6, 8, 4), 255, np.uint8)
+    pixels = np.full((16, 24, 4), 255, np.uint8)
     pixels[0, 0, 3] = 0
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels, "RGBA").save(path)
@@ -211,11 +213,11 @@ def test_bad_files_are_errors_when_asked(tmp_path, name, reason):
      "cut.png": truncated}[name](tmp_path / name)
     with pytest.raises(ValueError, match=reason) as caught:
         scan_folder(tmp_path, tmp_path, on_bad_file="error")
-    assert str(tmp_path / name) in str(caught.value)
+    assert f"cannot use {name}:" in str(caught.value) and str(tmp_path) not in str(caught.value)
 
 
 def test_decompression_bomb_is_skipped(tmp_path, monkeypatch):
-    image(tmp_path / "small.png", size=(4, 4))
+    image(tmp_path / "small.png", size=(16, 16))
     image(tmp_path / "huge.png", size=(30, 30))
     monkeypatch.setattr(image_io, "MAX_PIXELS", 500)
     dataset = scan_folder(tmp_path, tmp_path)
@@ -332,3 +334,33 @@ def test_a_symlink_loop_ends(tmp_path):
     dataset = scan_folder(tmp_path, tmp_path)
     assert len(dataset.samples) == 1
     assert "skipped 1_a/loop: symlink loop" in dataset.notes
+
+
+# --- unusable images (issue 13) -------------------------------------------------------------------
+
+def test_a_fully_transparent_image_or_black_mask_is_refused_like_any_unusable_file(tmp_path):
+    """Dataset From Images refuses an empty mask; a folder dataset follows the same rule: nothing
+    to learn is not trained on silently (it ran at loss 0.0000 before)."""
+    image(tmp_path / "ok.png")
+    Image.fromarray(np.zeros((32, 32, 4), np.uint8), "RGBA").save(tmp_path / "clear.png")
+    image(tmp_path / "masked.png")
+    image(tmp_path / "masked_mask.png", mode="L", colour=0)
+    dataset = scan_folder(tmp_path, tmp_path)
+    assert [os.path.basename(s.path) for s in dataset.samples] == ["ok.png"]
+    assert "skipped clear.png: fully transparent: its loss weight is zero everywhere (nothing to learn)" in dataset.notes
+    assert "skipped masked.png: its mask masked_mask.png is black everywhere (nothing to learn)" in dataset.notes
+    with pytest.raises(ValueError, match="cannot use clear.png: fully transparent"):
+        scan_folder(tmp_path, tmp_path, on_bad_file="error")
+
+
+def test_an_image_below_the_minimum_size_is_refused(tmp_path):
+    """A 1x1 image was upscaled to the bucket without a word."""
+    image(tmp_path / "ok.png", size=(16, 16))
+    image(tmp_path / "dot.png", size=(1, 1))
+    image(tmp_path / "strip.png", size=(400, 8))
+    dataset = scan_folder(tmp_path, tmp_path)
+    assert [os.path.basename(s.path) for s in dataset.samples] == ["ok.png"]
+    assert "skipped dot.png: 1x1 pixels is too small to train on (at least 16 on each side)" in dataset.notes
+    assert any(n.startswith("skipped strip.png: 400x8 pixels") for n in dataset.notes)
+    with pytest.raises(ValueError, match="cannot use dot.png: 1x1 pixels is too small"):
+        scan_folder(tmp_path, tmp_path, on_bad_file="error")
