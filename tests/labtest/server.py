@@ -50,8 +50,9 @@ def comfy_command(comfy_dir: Path, base: Path, *extra: str) -> list[str]:
 
 
 class ComfyServer:
-    def __init__(self, comfy_dir: Path, base: Path, env: dict | None = None):
+    def __init__(self, comfy_dir: Path, base: Path, env: dict | None = None, extra_args: tuple[str, ...] = ()):
         self.comfy_dir = Path(comfy_dir)
+        self.extra_args = tuple(extra_args)
         self.base = prepare_base_dir(Path(base))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -62,7 +63,8 @@ class ComfyServer:
 
     # --- life cycle ---
     def start(self, timeout: float = 120.0) -> "ComfyServer":
-        cmd = comfy_command(self.comfy_dir, self.base, "--listen", "127.0.0.1", "--port", str(self.port))
+        cmd = comfy_command(self.comfy_dir, self.base, "--listen", "127.0.0.1", "--port", str(self.port),
+                            *self.extra_args)
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(cmd, cwd=self.comfy_dir, stdout=self._log, stderr=subprocess.STDOUT,
                                         env=server_env(self._env))
