@@ -168,7 +168,8 @@ class CaptionTemplate(io.ComfyNode):
                                tooltip="Chance to drop each (non-kept) tag per step."),
                 io.Float.Input("caption_dropout", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Chance to train a step with an empty caption."),
-                io.Boolean.Input("dedupe", default=True,
+                # appended, and optional: API prompts written before it existed still validate
+                io.Boolean.Input("dedupe", default=True, optional=True,
                                  tooltip="Remove repeated tags (the first spelling stays). On 1to2 composites each "
                                          "side is de-duplicated on its own, so a tag both characters share stays "
                                          "on both sides. Off: captions keep every tag as written (kohya)."),

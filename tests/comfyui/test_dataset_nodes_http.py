@@ -6,7 +6,7 @@ import uuid
 import numpy as np
 from PIL import Image
 
-from labtest.server import execution_error
+from labtest.server import execution_error, refusal
 from labtest.workflows import OPTIMIZER_DEFAULTS
 
 
@@ -92,5 +92,9 @@ def test_empty_and_missing_folders_are_named(server):
     empty = f"empty_{uuid.uuid4().hex[:8]}"
     (server.base / "input" / empty).mkdir()
     assert "no images found" in run_error(server, load_dataset_node(empty))
-    message = run_error(server, load_dataset_node("does_not_exist"))
-    assert "does_not_exist does not exist or is not a folder" in message
+    # a folder that is not in the list: 0.33 refuses the value up front, 0.3.64 leaves it to the node
+    message = refusal(server, {"1": load_dataset_node("does_not_exist"),
+                               "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 2]}}})
+    assert "does_not_exist does not exist or is not a folder" in message or (
+        '"value_not_in_list"' in message and "folder: 'does_not_exist' not in" in message), message
+    assert server.alive()

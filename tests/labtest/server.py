@@ -149,6 +149,19 @@ class PromptRejected(Exception):
         self.answer = answer
 
 
+def refusal(server: ComfyServer, prompt: dict) -> str:
+    """Why a prompt failed: the node's error when it ran, or ComfyUI's validation answer when it
+    refused the prompt up front (ComfyUI 0.33 checks V3 combo values before any node runs; 0.3.64
+    leaves them to the node)."""
+    try:
+        entry = server.run(prompt)
+    except PromptRejected as refused:
+        return str(refused)
+    error = execution_error(entry)
+    assert error is not None, "the prompt should have failed"
+    return error["exception_message"]
+
+
 def execution_error(entry: dict) -> dict | None:
     """The `execution_error` message of a history entry, or None when the prompt succeeded."""
     for kind, data in entry.get("status", {}).get("messages", []):
