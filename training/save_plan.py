@@ -12,7 +12,6 @@ to the loras folder, never a server path.
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import shutil
@@ -125,9 +124,9 @@ class SavePlan:
         probe = _existing_ancestor(self.folder)
         free = shutil.disk_usage(probe).free
         if free < need:
-            raise OSError(errno.ENOSPC, f"save: {_mb(free)} free where {self.shown(self.folder) or 'the loras folder'} "
-                                        f"is, but one save of this run needs about {_mb(need)}; free some space or "
-                                        f"save elsewhere (subfolder), or lower the rank")
+            raise OSError(f"save: {_mb(free)} free where {self.shown(self.folder) or 'the loras folder'} "
+                          f"is, but one save of this run needs about {_mb(need)}; free some space or save "
+                          f"elsewhere (subfolder), or lower the rank")
 
     def planned_files(self, periodic_steps: list[int]) -> list[Path]:
         """The files this run writes by name (interrupted files pick a free name when written)."""
