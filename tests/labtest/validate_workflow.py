@@ -103,3 +103,15 @@ def validate_workflow(workflow: dict, object_info: dict) -> list[str]:
         if socket.get("link") != link_id or link_id not in source["outputs"][source_slot]["links"]:
             errors.append(f"link {link_id}: not recorded on both of its nodes")
     return errors
+
+
+def comparable(workflow: dict) -> dict:
+    """The workflow less the output slots no link uses: the frontend lists a node's outputs from
+    the live node definition, and ComfyUI versions differ there (0.33's SaveImage and PreviewImage
+    gained an IMAGE output), so a workflow saved on one version opens the same on the other."""
+    import copy
+
+    workflow = copy.deepcopy(workflow)
+    for node in workflow["nodes"]:
+        node["outputs"] = [slot for slot in node.get("outputs", []) if slot.get("links")]
+    return workflow
