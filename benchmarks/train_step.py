@@ -34,7 +34,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-IMPLS = ("ours", "native", "bare")
+IMPLS = ("ours", "native", "native_bypass", "bare")
+# native_bypass: TrainLoraNode with bypass_mode on (forward hooks, like ours); ComfyUI 0.33 has it,
+# 0.3.64 does not (its row then says n/a).
 WARMUP = 3
 RANK = 8
 LATENT_SHAPE = (16, 32, 32)  # Flux latent channels, 256x256 pixels
@@ -165,25 +167,59 @@ def _as_loaded_to_device(model) -> int:
     return replaced
 
 
-def _run_native(host, model, latent, cond, steps: int, lora_dtype: str = "fp32") -> list[tuple[float, float]]:
-    """ComfyUI's TrainLoraNode.train called as the executor calls it (inside inference mode; the
-    node leaves it itself). Step ends come from a global optimizer-step hook: ComfyUI's code runs
-    unchanged."""
-    import torch
+def _native_node():
     from comfy_extras.nodes_train import TrainLoraNode
+
+    return TrainLoraNode
+
+
+def native_has_bypass() -> bool:
+    """Feature detection: does this ComfyUI's TrainLoraNode offer bypass_mode?"""
+    node = _native_node()
+    if not hasattr(node, "define_schema"):
+        return False
+    return any(getattr(i, "id", None) == "bypass_mode" for i in node.define_schema().inputs)
+
+
+def _register_loader(model, flux_changes: dict | None) -> None:
+    """0.33's TrainLoraNode trains on `clone(force_deepcopy=True)`, which rebuilds the model through
+    the loader's `cached_patcher_init`; a model built without a loader registers the same build."""
+    host = sys.modules["comfyui_lora_lab.nodes.host"]
+
+    def rebuild(disable_dynamic=False):
+        rebuilt = _build_model(host, flux_changes).model
+        _as_loaded_to_device(rebuilt)  # what loading to a GPU makes of the loader's weights
+        return rebuilt
+
+    model.cached_patcher_init = (rebuild, ())
+
+
+def _run_native(host, model, latent, cond, steps: int, lora_dtype: str = "fp32", bypass: bool = False,
+                flux_changes: dict | None = None) -> list[tuple[float, float]]:
+    """ComfyUI's TrainLoraNode called as the executor calls it (inside inference mode; the node
+    leaves it itself): `train(...)` on 0.3.64, the V3 `execute` with list inputs on 0.33. Step ends
+    come from a global optimizer-step hook: ComfyUI's code runs unchanged."""
+    import torch
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
+    node = _native_node()
     _as_loaded_to_device(model)
+    common = dict(batch_size=1, steps=steps, grad_accumulation_steps=1, learning_rate=LEARNING_RATE, rank=RANK,
+                  optimizer="AdamW", loss_function="MSE", seed=SEED, training_dtype="bf16", lora_dtype=lora_dtype,
+                  algorithm="LoRA", gradient_checkpointing=True, existing_lora="[None]")
     ends: list[tuple[float, float]] = []
     hook = register_optimizer_step_post_hook(
         lambda optimizer, args, kwargs: ends.append(_now()))
     try:
         with torch.inference_mode():
-            TrainLoraNode().train(
-                model=model, latents={"samples": latent.unsqueeze(0)}, positive=[cond], batch_size=1, steps=steps,
-                grad_accumulation_steps=1, learning_rate=LEARNING_RATE, rank=RANK, optimizer="AdamW",
-                loss_function="MSE", seed=SEED, training_dtype="bf16", lora_dtype=lora_dtype, algorithm="LoRA",
-                gradient_checkpointing=True, existing_lora="[None]")
+            if hasattr(node, "train"):  # ComfyUI 0.3.64
+                node().train(model=model, latents={"samples": latent.unsqueeze(0)}, positive=[cond], **common)
+            else:  # ComfyUI 0.33: V3, every input a list; its defaults for the rest, bypass as asked
+                _register_loader(model, flux_changes)
+                defaults = {i.id: getattr(i, "default", None) for i in node.define_schema().inputs}
+                values = {**defaults, **common, "bypass_mode": bypass}
+                values.update(model=model, latents={"samples": latent.unsqueeze(0)}, positive=[cond])
+                node.execute(**{name: [value] for name, value in values.items()})
     finally:
         hook.remove()
     return ends
@@ -225,10 +261,14 @@ def child(case: str, impl: str, steps: int, native_lora_dtype: str) -> None:
         cond = host.encode_caption(demo.clip, CAPTION)
         latent = torch.randn(LATENT_SHAPE, generator=torch.Generator().manual_seed(SEED))
     tokens = cond[0].shape[1]
+    if impl == "native_bypass" and not native_has_bypass():
+        print(RESULT_PREFIX + json.dumps({"case": case, "impl": impl, "unsupported": True}), flush=True)
+        return
     setup_rss = _maxrss_mb()
     load_before = os.getloadavg()[0]
-    if impl == "native":
-        ends = _run_native(host, demo.model, latent, cond, steps, native_lora_dtype)
+    if impl.startswith("native"):
+        ends = _run_native(host, demo.model, latent, cond, steps, native_lora_dtype, bypass=impl == "native_bypass",
+                           flux_changes=CASES[case]["flux"])
     else:
         ends = {"ours": _run_ours, "bare": _run_bare}[impl](host, demo.model, latent, cond, steps)
     if len(ends) != steps:
@@ -241,7 +281,8 @@ def child(case: str, impl: str, steps: int, native_lora_dtype: str) -> None:
         "case": case, "impl": impl, "step_ms": statistics.median(wall), "steps_ms": wall, "steps_cpu_ms": cpu,
         "peak_rss_mb": _maxrss_mb(), "setup_rss_mb": setup_rss, "text_tokens": tokens,
         "loadavg_1m": max(load_before, os.getloadavg()[0]),
-        "model_params": params, "threads": torch.get_num_threads(), "torch": torch.__version__}), flush=True)
+        "model_params": params, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "comfyui": host.comfyui_version()}), flush=True)
 
 
 # --- parent: every case and implementation, one process each ------------------------------
@@ -259,53 +300,64 @@ def run_child(case: str, impl: str, steps: int, native_lora_dtype: str) -> dict:
 
 
 def summarize(case: str, runs: dict[str, list[dict]], native_lora_dtype: str) -> dict:
-    """Per implementation: the median of every timed step of its runs, the largest peak RSS."""
-    step = {impl: statistics.median([ms for run in runs[impl] for ms in run["steps_ms"]]) for impl in IMPLS}
-    cpu = {impl: statistics.median([ms for run in runs[impl] for ms in run["steps_cpu_ms"]]) for impl in IMPLS}
-    peak = {impl: max(run["peak_rss_mb"] for run in runs[impl]) for impl in IMPLS}
+    """Per implementation: the median of every timed step of its runs, the largest peak RSS
+    (None for an implementation this ComfyUI does not have)."""
+    impls = [impl for impl in IMPLS if runs[impl] and not runs[impl][0].get("unsupported")]
+    step = {impl: statistics.median([ms for run in runs[impl] for ms in run["steps_ms"]]) for impl in impls}
+    cpu = {impl: statistics.median([ms for run in runs[impl] for ms in run["steps_cpu_ms"]]) for impl in impls}
+    peak = {impl: max(run["peak_rss_mb"] for run in runs[impl]) for impl in impls}
     first = runs["ours"][0]
-    return {
-        "case": case,
-        "step_ms_ours": round(step["ours"], 1),
-        "step_ms_native": round(step["native"], 1),
-        "step_ms_bare": round(step["bare"], 1),
-        "peak_rss_mb_ours": round(peak["ours"]),
-        "peak_rss_mb_native": round(peak["native"]),
-        "peak_rss_mb_bare": round(peak["bare"]),
-        "ours_over_bare": round(step["ours"] / step["bare"], 3),
-        "ours_over_native": round(step["ours"] / step["native"], 3),
-        "cpu_ms_ours": round(cpu["ours"], 1),
-        "cpu_ms_native": round(cpu["native"], 1),
-        "cpu_ms_bare": round(cpu["bare"], 1),
-        "cpu_ours_over_bare": round(cpu["ours"] / cpu["bare"], 3),
-        "cpu_ours_over_native": round(cpu["ours"] / cpu["native"], 3),
-        "setup_rss_mb": round(min(run["setup_rss_mb"] for impl in IMPLS for run in runs[impl])),
+
+    def ratio(table, a, b):
+        return round(table[a] / table[b], 3) if a in table and b in table else None
+
+    row = {"case": case, "comfyui": first["comfyui"]}
+    for impl in IMPLS:
+        row[f"step_ms_{impl}"] = round(step[impl], 1) if impl in step else None
+        row[f"cpu_ms_{impl}"] = round(cpu[impl], 1) if impl in cpu else None
+        row[f"peak_rss_mb_{impl}"] = round(peak[impl]) if impl in peak else None
+    for other in ("bare", "native", "native_bypass"):
+        row[f"ours_over_{other}"] = ratio(step, "ours", other)
+        row[f"cpu_ours_over_{other}"] = ratio(cpu, "ours", other)
+    row.update({
+        "setup_rss_mb": round(min(run["setup_rss_mb"] for impl in impls for run in runs[impl])),
         "model_params": first["model_params"],
         "text_tokens": first["text_tokens"],
         "steps_timed": sum(len(run["steps_ms"]) for run in runs["ours"]),
         "runs": len(runs["ours"]),
-        "max_loadavg_1m": round(max(run["loadavg_1m"] for impl in IMPLS for run in runs[impl]), 2),
+        "max_loadavg_1m": round(max(run["loadavg_1m"] for impl in impls for run in runs[impl]), 2),
         "native_lora_dtype": native_lora_dtype,
         "threads": first["threads"],
         "torch": first["torch"],
-    }
+    })
+    return row
+
+
+def _cell(value, fmt: str = "{:.1f}") -> str:
+    return "n/a" if value is None else fmt.format(value)
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| case | params | ours ms | native ms | bare ms | ours/bare | ours/native | "
-            "peak RSS ours MB | peak RSS native MB | peak RSS bare MB | RSS before training MB |")
-    out = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    head = ("| ComfyUI | case | params | ours ms | native ms | native bypass ms | bare ms | ours/bare | ours/native | "
+            "ours/native bypass | peak RSS ours MB | peak RSS native MB | peak RSS native bypass MB | "
+            "peak RSS bare MB | RSS before training MB |")
+    out = [head, "|" + "---|" * (head.count(" | ") + 1)]
     for r in rows:
-        out.append(f"| {r['case']} | {r['model_params'] / 1e6:.1f} M | {r['step_ms_ours']:.1f} | "
-                   f"{r['step_ms_native']:.1f} | {r['step_ms_bare']:.1f} | {r['ours_over_bare']:.2f} | "
-                   f"{r['ours_over_native']:.2f} | {r['peak_rss_mb_ours']} | {r['peak_rss_mb_native']} | "
-                   f"{r['peak_rss_mb_bare']} | {r['setup_rss_mb']} |")
-    head = "| case | ours CPU ms | native CPU ms | bare CPU ms | ours/bare (CPU) | ours/native (CPU) | max load avg |"
+        out.append(f"| {r['comfyui']} | {r['case']} | {r['model_params'] / 1e6:.1f} M | {_cell(r['step_ms_ours'])} | "
+                   f"{_cell(r['step_ms_native'])} | {_cell(r['step_ms_native_bypass'])} | {_cell(r['step_ms_bare'])} | "
+                   f"{_cell(r['ours_over_bare'], '{:.2f}')} | {_cell(r['ours_over_native'], '{:.2f}')} | "
+                   f"{_cell(r['ours_over_native_bypass'], '{:.2f}')} | {_cell(r['peak_rss_mb_ours'], '{}')} | "
+                   f"{_cell(r['peak_rss_mb_native'], '{}')} | {_cell(r['peak_rss_mb_native_bypass'], '{}')} | "
+                   f"{_cell(r['peak_rss_mb_bare'], '{}')} | {r['setup_rss_mb']} |")
+    head = ("| ComfyUI | case | ours CPU ms | native CPU ms | native bypass CPU ms | bare CPU ms | ours/bare (CPU) | "
+            "ours/native (CPU) | ours/native bypass (CPU) | max load avg |")
     out += ["", "Process CPU time per step (the cross-check when other processes share the cores):", "",
-            head, "|" + "---|" * head.count(" | ") + "---|"]
+            head, "|" + "---|" * (head.count(" | ") + 1)]
     for r in rows:
-        out.append(f"| {r['case']} | {r['cpu_ms_ours']:.1f} | {r['cpu_ms_native']:.1f} | {r['cpu_ms_bare']:.1f} | "
-                   f"{r['cpu_ours_over_bare']:.2f} | {r['cpu_ours_over_native']:.2f} | {r['max_loadavg_1m']:.2f} |")
+        out.append(f"| {r['comfyui']} | {r['case']} | {_cell(r['cpu_ms_ours'])} | {_cell(r['cpu_ms_native'])} | "
+                   f"{_cell(r['cpu_ms_native_bypass'])} | {_cell(r['cpu_ms_bare'])} | "
+                   f"{_cell(r['cpu_ours_over_bare'], '{:.2f}')} | {_cell(r['cpu_ours_over_native'], '{:.2f}')} | "
+                   f"{_cell(r['cpu_ours_over_native_bypass'], '{:.2f}')} | {r['max_loadavg_1m']:.2f} |")
     return "\n".join(out)
 
 
@@ -339,6 +391,8 @@ def main() -> None:
         runs: dict[str, list[dict]] = {impl: [] for impl in IMPLS}
         for repeat in range(args.repeats):  # rotated, so no implementation always runs first
             for impl in IMPLS[repeat % len(IMPLS):] + IMPLS[:repeat % len(IMPLS)]:
+                if runs[impl] and runs[impl][0].get("unsupported"):
+                    continue  # this ComfyUI has no such mode: asked once
                 runs[impl].append(run_child(case, impl, steps, args.native_lora_dtype))
         rows.append(summarize(case, runs, args.native_lora_dtype))
         print(json.dumps(rows[-1]), flush=True)
