@@ -5,7 +5,8 @@
 # - installs the pack's requirements and the test requirements;
 # - when a ComfyUI source tree is found ($COMFYUI_PATH, ../.. when the pack sits in
 #   custom_nodes/, or ~/comfy/ComfyUI) also installs ComfyUI's requirements, with the CPU-torch
-#   workarounds its torchvision/torchaudio wheels need. It never downloads ComfyUI itself;
+#   workarounds its torchvision/torchaudio wheels need. It never downloads ComfyUI itself; one
+#   environment serves one ComfyUI tree (.ci/run builds one per supported version);
 # - for the canvas tests: Debian's `chromium` (the browser test drives it through the Python
 #   `playwright` package of requirements-dev.txt; never `playwright install`) and `nodejs`
 #   (`node --test tests/js/`), installed with apt-get when missing and this runs as root
@@ -45,9 +46,18 @@ comfy=$("$root/scripts/find-comfyui.sh" || true)
 if [ -n "$comfy" ]; then
   echo "dev-env: ComfyUI found at $comfy; installing its requirements"
   pip install -q -r "$comfy/requirements.txt" requests -c "$constraints"
-  # The registry's torchaudio is a CUDA build that cannot load beside CPU torch: only
-  # ComfyUI's audio nodes need it.
+  # The registry's torchaudio is a CUDA build that cannot load beside CPU torch, and ComfyUI
+  # 0.33 imports it at start-up (its audio VAE): keep the pure-Python part of the package,
+  # without its compiled libraries (only ComfyUI's audio nodes would need them).
   pip uninstall -q -y torchaudio || true
+  pip install -q --no-deps "torchaudio==${TORCHAUDIO_PIN:-2.11.1}"
+  python - <<'PY'
+import importlib.util, pathlib
+lib = pathlib.Path(importlib.util.find_spec("torchaudio").origin).parent / "lib"
+for so in lib.glob("*.so"):
+    so.unlink()
+PY
+  python -c "import torchaudio" || { echo "dev-env: torchaudio does not import" >&2; exit 1; }
   # The registry's torchvision is a CUDA build: its fake-op registrations for nms/qnms fail
   # on CPU torch. ComfyUI uses none of its C ops, so guard those two registrations.
   python - <<'PY'
