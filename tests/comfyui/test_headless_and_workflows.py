@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 from labtest import PACK_ROOT
+from labtest.server import execution_error
 from labtest.validate_workflow import comparable
+from labtest.workflows import stock_lora_load_prompt
 
 SCRIPT = PACK_ROOT / "scripts" / "train_headless.py"
 EXAMPLE = PACK_ROOT / "example_workflows" / "flux_single_image_masked_lora.json"
@@ -40,6 +42,12 @@ def test_headless_smoke_run_prints_the_saved_lora_last(server):
     assert Path(last).is_file() and Path(last).name == "headless_smoke.safetensors"
     assert "step 6/6" in result.stderr and "loss" in result.stderr and "ETA" in result.stderr
     assert "smoke run" in result.stderr
+    # the stock LoraLoader of this ComfyUI maps every key of the printed file
+    log_before = len(server.log_tail(100000).splitlines())
+    entry = server.run(stock_lora_load_prompt("Flux", Path(last).relative_to(server.base / "models" / "loras").as_posix()))
+    assert execution_error(entry) is None, execution_error(entry)
+    new_log = "\n".join(server.log_tail(100000).splitlines()[log_before:])
+    assert "lora key not loaded" not in new_log, new_log[-2000:]
 
 
 def test_headless_run_fails_loudly(server):

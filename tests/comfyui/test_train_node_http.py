@@ -8,7 +8,8 @@ import pytest
 from safetensors import safe_open
 
 from labtest.server import execution_error
-from labtest.workflows import NETWORK_DEFAULTS, OBJECTIVE_DEFAULTS, SAVE_DEFAULTS, training_prompt
+from labtest.workflows import (NETWORK_DEFAULTS, OBJECTIVE_DEFAULTS, SAVE_DEFAULTS, stock_lora_load_prompt,
+                               training_prompt)
 
 
 def unique(prefix):
@@ -36,20 +37,7 @@ def test_train_then_load_with_stock_lora_loader(server, family):
     assert not list(folder.glob(".*.tmp"))
 
     log_before = len(server.log_tail(100000).splitlines())
-    empty = "EmptySD3LatentImage" if family == "Flux" else "EmptyLatentImage"
-    sample = {
-        "1": {"class_type": "LoRALabDemoModel", "inputs": {"family": family, "weight_dtype": "fp32", "seed": 0}},
-        "2": {"class_type": "LoraLoader", "inputs": {"model": ["1", 0], "clip": ["1", 1],
-                                                      "lora_name": f"loralab/{name}.safetensors",
-                                                      "strength_model": 1.0, "strength_clip": 1.0}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 1], "text": "sks"}},
-        "4": {"class_type": empty, "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "5": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "positive": ["3", 0], "negative": ["3", 0],
-                                                    "latent_image": ["4", 0], "seed": 1, "steps": 2, "cfg": 1.0,
-                                                    "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
-        "6": {"class_type": "PreviewImage", "inputs": {"images": ["7", 0]}},
-        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
-    }
+    sample = stock_lora_load_prompt(family, f"loralab/{name}.safetensors")
     entry = server.run(sample)
     assert execution_error(entry) is None, execution_error(entry)
     new_log = "\n".join(server.log_tail(100000).splitlines()[log_before:])

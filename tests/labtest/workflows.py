@@ -59,3 +59,21 @@ SAMPLES_DEFAULTS = {"prompts": "{trigger}\n{trigger} in a garden", "negative": "
 OPTIMIZER_DEFAULTS = {"optimizer": "AdamW", "optimizer_args": "", "scheduler": "constant", "warmup_steps": 0,
                       "num_cycles": 1, "batch_size": 1, "gradient_accumulation": 1, "max_grad_norm": 1.0,
                       "scale_weight_norms": 0.0, "gradient_checkpointing": True, "text_encoder_lr": 0.0}
+
+
+def stock_lora_load_prompt(family: str, lora_name: str) -> dict:
+    """Demo Model -> the stock LoraLoader with `lora_name` (relative to the loras folder) -> a
+    2-step sample: ComfyUI logs "lora key not loaded" for every key of the file its map misses."""
+    empty = "EmptySD3LatentImage" if family == "Flux" else "EmptyLatentImage"
+    return {
+        "1": {"class_type": "LoRALabDemoModel", "inputs": {"family": family, "weight_dtype": "fp32", "seed": 0}},
+        "2": {"class_type": "LoraLoader", "inputs": {"model": ["1", 0], "clip": ["1", 1], "lora_name": lora_name,
+                                                      "strength_model": 1.0, "strength_clip": 1.0}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 1], "text": "sks"}},
+        "4": {"class_type": empty, "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "5": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "positive": ["3", 0], "negative": ["3", 0],
+                                                    "latent_image": ["4", 0], "seed": 1, "steps": 2, "cfg": 1.0,
+                                                    "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "6": {"class_type": "PreviewImage", "inputs": {"images": ["7", 0]}},
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+    }
