@@ -49,5 +49,4 @@ SDXL_UNET = {**_UNET_COMMON, "adm_in_channels": CLIP_G["projection_dim"] + 6 * 2
              "num_classes": "sequential", "use_linear_in_transformer": True,
              "context_dim": CLIP_L["hidden_size"] + CLIP_G["hidden_size"], "num_head_channels": 16}
 
-FAMILIES = ("Flux", "SD1.5", "SDXL")
 WEIGHT_DTYPES = ("fp32", "bf16", "fp16")

@@ -18,9 +18,11 @@ class DemoModel(io.ComfyNode):
                         "encoder(s) and VAE, for smoke runs of training workflows. It draws noise, "
                         "not pictures: use a real checkpoint loader for real training.",
             inputs=[
-                io.Combo.Input("family", options=list(demo_configs.FAMILIES), default="Flux",
-                               tooltip="Model family to imitate: Flux (flow matching, CLIP-L + T5), "
-                                       "SD1.5 (eps UNet, CLIP-L) or SDXL (eps UNet, CLIP-L + CLIP-G)."),
+                # the families this ComfyUI has (feature-detected); entries are never renamed
+                io.Combo.Input("family", options=host.demo_families(), default="Flux",
+                               tooltip="Model family to imitate, with its text encoder(s) and VAE: Flux (Flux.1-dev, "
+                                       "flow matching, CLIP-L + T5), SD1.5 (eps UNet, CLIP-L), SDXL (eps UNet, "
+                                       "CLIP-L + CLIP-G), and the newer families this ComfyUI has."),
                 io.Combo.Input("weight_dtype", options=list(demo_configs.WEIGHT_DTYPES), default="fp32",
                                tooltip="Storage dtype of the diffusion model's weights (text encoders "
                                        "and VAE stay fp32 on CPU)."),

@@ -10,9 +10,9 @@ from ..training.settings import NetworkSettings, ObjectiveSettings, OptimizerSet
 from . import host, train_run, types
 
 
-def run_notes(request, base: str) -> list[str]:
+def run_notes(request, profile) -> list[str]:
     """Settings of this run that cannot take effect."""
-    notes = network_notes(request.network, base) + optimizer_notes(request.optimizer.optimizer,
+    notes = network_notes(request.network, profile.name, profile.has_convolutions) + optimizer_notes(request.optimizer.optimizer,
                                                                    request.optimizer.optimizer_args)
     images, batch = len(request.dataset.samples), request.optimizer.batch_size
     per_epoch = sum(s.repeats for s in request.dataset.samples)
@@ -92,7 +92,7 @@ class Train(io.ComfyNode):
             output_name=output_name, network=network or NetworkSettings(), optimizer=optimizer or OptimizerSettings(),
             objective=objective or ObjectiveSettings(), save=save or SaveSettings(), samples=samples,
             node_id=cls.hidden.unique_id)
-        notes = run_notes(request, host.base_family(model))
+        notes = run_notes(request, host.profile_of(model))
         for note in notes:  # on the node while it trains, in the log, and in its text afterwards
             logging.warning("LoRA Lab Train: %s", note)
         if notes:

@@ -4,7 +4,7 @@ train node uses the same defaults as these widgets."""
 from comfy_api.latest import io
 
 from ..training.network import ALGORITHMS, NetworkConfig
-from ..training.objective import FLOW_SAMPLERS, FlowTimesteps, SnrWeighting
+from ..training.objective import AUTO, FLOW_SAMPLERS, FlowTimesteps, SnrWeighting
 from ..training.optimizers import OPTIMIZERS, check_optimizer_args, optimizer_notes
 from ..training.schedulers import SCHEDULERS
 from ..training.settings import (TARGET_PRESETS, NetworkSettings, ObjectiveSettings, OptimizerSettings,
@@ -127,10 +127,18 @@ class Objective(io.ComfyNode):
                                tooltip="Min-SNR weighting gamma, eps/v models only (0 = off; kohya guides use 5)."),
                 io.Boolean.Input("debiased_estimation", default=False, tooltip="Debiased estimation loss, eps/v models only."),
                 io.Float.Input("noise_offset", default=0.0, min=0.0, max=1.0, step=0.01, tooltip="Noise offset, eps/v models only."),
-                io.Combo.Input("timestep_sampling", options=list(FLOW_SAMPLERS), default="sigmoid",
-                               tooltip="Flux: how training timesteps are drawn (sigmoid, shift, uniform, flux_shift)."),
-                io.Float.Input("sigmoid_scale", default=1.0, min=0.01, max=10.0, step=0.1, tooltip="Flux: sigmoid scale."),
-                io.Float.Input("shift", default=3.1582, min=0.01, max=100.0, step=0.01, tooltip="Flux: shift for 'shift' sampling."),
+                io.Combo.Input("timestep_sampling", options=[AUTO, *FLOW_SAMPLERS], default=AUTO,
+                               tooltip="Flow models (Flux, Z-Image, Qwen-Image, SD3.5 ...): how training timesteps "
+                                       "are drawn. auto: Flux.1 sigmoid (kohya's default), other families sigmoid "
+                                       "shifted by the model's own sampling shift; sigmoid, shift, uniform, "
+                                       "flux_shift (Flux's resolution-dependent shift)."),
+                io.Float.Input("sigmoid_scale", default=1.0, min=0.01, max=10.0, step=0.1,
+                               tooltip="Flow models: sigmoid scale."),
+                io.Float.Input("shift", default=0.0, min=0.0, max=100.0, step=0.01,
+                               tooltip="Flow models: the shift of 'shift' sampling (and of 'auto' where it shifts); "
+                                       "0 = the shift ComfyUI samples the model with (Z-Image and SD3.5 3.0, Flux.2 "
+                                       "2.02, Qwen-Image 1.15, or an upstream ModelSampling node's). Only this one "
+                                       "shift is applied."),
                 io.Float.Input("training_guidance", default=1.0, min=0.0, max=100.0, step=0.1,
                                tooltip="Flux-dev guidance during training (1.0 as kohya recommends); models without "
                                        "a guidance embedding ignore it."),

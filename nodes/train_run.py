@@ -3,7 +3,9 @@ patcher-scoped clone of the MODEL, save on the chosen cadence, report progress, 
 
 from __future__ import annotations
 
+import dataclasses
 import html
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,7 @@ from ..training.captions import prepare as prepare_captions
 from ..training.dataset import Dataset
 from ..training.image_io import load_sample_pixels
 from ..training.loop import LoopConfig, NonFiniteLoss, Sample, StepRecord, Trainer
+from ..training.objective import Flow
 from ..training.loss_chart import as_image_batch
 from ..training.loss_chart import render as render_loss_chart
 from ..training.loss_chart import smoothed
@@ -152,8 +155,8 @@ class _Saver:
     """Writes the adapter (final, periodic, interrupted) under the loras folder, atomically, to the
     names its SavePlan decided and checked before training."""
 
-    def __init__(self, req: RunRequest, base: str, network: AdapterSet):
-        self.req, self.base, self.network = req, base, network
+    def __init__(self, req: RunRequest, profile, flow: bool, network: AdapterSet):
+        self.req, self.profile, self.network = req, profile, network
         save = req.save
         self.plan = SavePlan.create(host.loras_folder(), save.subfolder, req.output_name, req.steps, save.overwrite,
                                     save.save_state, save.keep_last, save.precision)
@@ -162,7 +165,7 @@ class _Saver:
         self.due: set[int] = set()
         self.tag_frequency = _tag_frequency(req.dataset)
         self.settings = settings_metadata(optimizer=req.optimizer, objective=req.objective, network=req.network,
-                                          dataset=req.dataset, steps=req.steps, flow=base == "flux",
+                                          dataset=req.dataset, steps=req.steps, flow=flow,
                                           resume_from=req.save.resume_from)
         if (self.final.exists() or self.final.is_symlink()) and not save.overwrite:
             raise FileExistsError(f"output_name: {self.plan.shown(self.final)} already exists in the loras folder; "
@@ -186,7 +189,8 @@ class _Saver:
     def metadata(self, step: int, epoch: int, resolution: str) -> dict:
         req, cfg = self.req, self.req.network.network
         return lora_file.build_metadata(lora_file.TrainingFacts(
-            base=self.base, output_name=self.name, network_module=NETWORK_MODULE[cfg.algorithm], rank=cfg.rank,
+            base_model_version=self.profile.base_model_version, architecture=self.profile.architecture,
+            implementation=self.profile.implementation, output_name=self.name, network_module=NETWORK_MODULE[cfg.algorithm], rank=cfg.rank,
             alpha=cfg.alpha, network_args=_network_args(req), steps=step, epoch=epoch,
             learning_rate=req.learning_rate, optimizer=req.optimizer.optimizer, resolution=resolution,
             seed=req.seed, clip_skip=host.clip_skip(req.clip) if req.clip is not None else None,
@@ -329,8 +333,12 @@ def run(req: RunRequest) -> RunResult:
         raise ValueError(f"steps must be at least 1, not {req.steps}")
     if not req.learning_rate > 0:
         raise ValueError(f"learning_rate must be > 0, not {req.learning_rate}")
-    base = host.base_family(req.model)
+    profile = host.profile_of(req.model)
     family = host.prediction_family(req.model)
+    if isinstance(family, Flow):  # the one shift: the Objective's, by default the model's own
+        timesteps = req.objective.flow_timesteps.resolved(host.sampling_shift(req.model), profile.flow_default)
+        req = dataclasses.replace(req, objective=dataclasses.replace(req.objective, flow_timesteps=timesteps))
+        logging.info("LoRA Lab: %s (%s)", timesteps.describe(), profile.name)
     obj, opt = req.objective, req.optimizer
     loop_config = LoopConfig(
         steps=req.steps, batch_size=opt.batch_size, grad_accum=opt.grad_accum, seed=req.seed,
@@ -338,8 +346,8 @@ def run(req: RunRequest) -> RunResult:
         reduction=obj.reduction, huber_delta=obj.huber_delta, unmasked_weight=obj.unmasked_weight, snr=obj.snr,
         flow_timesteps=obj.flow_timesteps, noise_offset=obj.noise_offset)
     loop_config.validate(family)  # before any encoding: a wrong option fails fast
-    networks, text_encoder = build_networks(req, base)
-    saver = _Saver(req, base, networks)
+    networks, text_encoder = build_networks(req, profile)
+    saver = _Saver(req, profile, isinstance(family, Flow), networks)
     if req.samples is not None and req.clip is None:
         raise ValueError("clip: sample images need the CLIP to encode their prompts")
     report = _Reporter(req)
@@ -413,7 +421,7 @@ def _train(req: RunRequest, loop_config: LoopConfig, networks: AdapterSet, text_
                      text_encoder_trained=text_encoder is not None, sample_files=report.log.samples)
 
 
-def build_networks(req: RunRequest, base: str):
+def build_networks(req: RunRequest, profile):
     """The diffusion model's adapter network, and the text encoder's (with the CLIP clone that
     trains it) when a text-encoder learning rate is set."""
     settings = req.network
@@ -425,7 +433,7 @@ def build_networks(req: RunRequest, base: str):
             raise ValueError("clip: text-encoder training (text_encoder_lr > 0) needs the CLIP connected")
         te_config = NetworkConfig(settings.network.algorithm, settings.network.rank, settings.network.alpha,
                                   dropout=settings.network.dropout)
-        networks["te"] = AdapterNetwork(host.text_encoder_targets(req.clip, base), te_config, seed=req.seed + 1)
+        networks["te"] = AdapterNetwork(host.text_encoder_targets(req.clip, profile), te_config, seed=req.seed + 1)
         text_encoder = host.TrainingTextEncoder(req.clip, networks["te"])
     if settings.continue_from:
         path = host.find_lora(settings.continue_from)

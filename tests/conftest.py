@@ -29,12 +29,24 @@ def _tier(item) -> str:
     return "comfyui" if "comfyui" in item.path.relative_to(PACK_ROOT / "tests").parts[:1] else "core"
 
 
+NOT_APPLICABLE: dict[str, int] = {}  # family -> cases left out: its model class is not in this ComfyUI
+
+
 def pytest_collection_modifyitems(config, items):
+    kept, left_out = [], []
     for item in items:
         if _tier(item) == "comfyui":
             item.add_marker(pytest.mark.comfyui)
             if COMFYUI is None:
                 item.add_marker(pytest.mark.skip(reason=NO_COMFYUI_REASON))
+            elif (marker := item.get_closest_marker("not_applicable")) is not None:
+                NOT_APPLICABLE[marker.args[0]] = NOT_APPLICABLE.get(marker.args[0], 0) + 1
+                left_out.append(item)
+                continue
+        kept.append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = kept
 
 
 _outcomes: dict = {}
@@ -58,3 +70,6 @@ def pytest_terminal_summary(terminalreporter):
                                    red=True, bold=True)
     elif COMFYUI is not None:
         write(f"LoRA Lab ComfyUI tier ran against {COMFYUI}")
+    if NOT_APPLICABLE:
+        write("LoRA Lab ComfyUI tier: not applicable on this ComfyUI (its model classes are missing): " +
+              ", ".join(f"{family} ({n} cases)" for family, n in sorted(NOT_APPLICABLE.items())))

@@ -60,7 +60,7 @@ class LoopConfig:
     huber_delta: float = 1.0
     unmasked_weight: float = 0.0
     snr: SnrWeighting = field(default_factory=SnrWeighting)
-    flow_timesteps: FlowTimesteps = field(default_factory=FlowTimesteps)
+    flow_timesteps: FlowTimesteps = field(default_factory=lambda: FlowTimesteps("sigmoid"))  # resolved: no "auto"
     noise_offset: float = 0.0
 
     def validate(self, family) -> None:

@@ -20,12 +20,6 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-# Per base family: kohya's ss_base_model_version and the modelspec architecture A1111/Forge read.
-BASE_MODELS = {
-    "flux": ("flux1", "flux-1-dev/lora"),
-    "sdxl": ("sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora"),
-    "sd15": ("sd_v1", "stable-diffusion-v1/lora"),
-}
 SAVE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _NAME = re.compile(r"^[\w .()\[\]+-]+\Z")  # \Z: "$" would let a trailing newline through
 
@@ -110,7 +104,9 @@ def _alive(pid: int) -> bool:
 class TrainingFacts:
     """What the metadata records about a run (kohya's ss_* keys)."""
 
-    base: str  # "flux" | "sdxl" | "sd15"
+    base_model_version: str  # kohya's ss_base_model_version ("flux1", "sdxl_base_v1-0", "sd_v1", ...)
+    architecture: str  # modelspec.architecture, which A1111/Forge read ("flux-1-dev/lora", ...)
+    implementation: str  # modelspec.implementation
     output_name: str
     network_module: str
     rank: int
@@ -129,15 +125,12 @@ class TrainingFacts:
 
 
 def build_metadata(facts: TrainingFacts) -> dict[str, str]:
-    if facts.base not in BASE_MODELS:
-        raise ValueError(f"unknown base model family {facts.base!r}")
-    version, architecture = BASE_MODELS[facts.base]
     meta = {
         "ss_network_module": facts.network_module,
         "ss_network_dim": str(facts.rank),
         "ss_network_alpha": str(facts.alpha),
         "ss_network_args": json.dumps(facts.network_args),
-        "ss_base_model_version": version,
+        "ss_base_model_version": facts.base_model_version,
         "ss_output_name": facts.output_name,
         "ss_steps": str(facts.steps),
         "ss_epoch": str(facts.epoch),
@@ -148,9 +141,8 @@ def build_metadata(facts: TrainingFacts) -> dict[str, str]:
         "ss_training_finished_at": str(int(time.time())),
         "ss_tag_frequency": json.dumps(facts.tag_frequency or {}),
         "modelspec.sai_model_spec": "1.0.1",
-        "modelspec.architecture": architecture,
-        "modelspec.implementation": "https://github.com/Stability-AI/generative-models" if facts.base != "flux"
-        else "https://github.com/black-forest-labs/flux",
+        "modelspec.architecture": facts.architecture,
+        "modelspec.implementation": facts.implementation,
         "modelspec.title": facts.output_name,
         "training_tool": "LoRA Lab (ComfyUI)",
     }

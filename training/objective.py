@@ -152,19 +152,41 @@ def noise_offset(noise: Tensor, offset: float, generator: torch.Generator) -> Te
 
 # --- flow timesteps: σ = t in (0, 1), sampled directly (kohya flux_train_utils) ---------------
 
+AUTO = "auto"  # sampling chosen per family (FlowTimesteps.resolved)
+
+
 @dataclass(frozen=True)
 class FlowTimesteps:
-    sampling: str = "sigmoid"
+    """How flow timesteps are drawn. Exactly one shift is ever applied: this one (the σ drawn is
+    passed to the model as it is). `auto` sampling and a shift of 0 stand for the family's default,
+    which `resolved` fills in before training."""
+    sampling: str = AUTO
     sigmoid_scale: float = 1.0  # larger spreads t towards 0 and 1
-    shift: float = 3.1582  # "shift" only; kohya's discrete_flow_shift default
+    shift: float = 0.0  # "shift" only; 0: the shift ComfyUI samples the model with
 
     def __post_init__(self):
-        if self.sampling not in FLOW_SAMPLERS:
+        if self.sampling not in FLOW_SAMPLERS and self.sampling != AUTO:
             raise ValueError(f"unknown flow timestep sampling {self.sampling!r}; valid: "
-                             f"{', '.join(FLOW_SAMPLERS)}")
-        if not (self.sigmoid_scale > 0 and self.shift > 0):
-            raise ValueError(f"sigmoid_scale and shift must be > 0, got {self.sigmoid_scale}, "
-                             f"{self.shift}")
+                             f"{', '.join([AUTO, *FLOW_SAMPLERS])}")
+        if not (self.sigmoid_scale > 0 and self.shift >= 0):
+            raise ValueError(f"sigmoid_scale must be > 0 and shift >= 0 (0: the model's own), got "
+                             f"{self.sigmoid_scale}, {self.shift}")
+
+    def resolved(self, model_shift: float, family_default: str) -> "FlowTimesteps":
+        """The concrete settings for a model whose sampling shift is `model_shift`: `auto` is the
+        family's default sampling (`sigmoid`, kohya's Flux.1 default, or `shift`), and a shift of 0
+        is the model's own (an upstream ModelSampling node's value included)."""
+        sampling = self.sampling if self.sampling != AUTO else family_default
+        return FlowTimesteps(sampling, self.sigmoid_scale, self.shift or model_shift)
+
+    def describe(self) -> str:
+        """What the run uses, for its log and progress text."""
+        if self.sampling == "shift":
+            return f"timesteps: sigmoid (scale {self.sigmoid_scale:g}) shifted by {self.shift:g}"
+        if self.sampling == "flux_shift":
+            return f"timesteps: sigmoid (scale {self.sigmoid_scale:g}) with Flux's resolution-dependent shift"
+        return f"timesteps: {self.sampling}" + (f" (scale {self.sigmoid_scale:g}), no shift"
+                                                 if self.sampling == "sigmoid" else ", no shift")
 
 
 def _time_shift(t: Tensor, shift: float) -> Tensor:
@@ -209,6 +231,8 @@ def sample_flow_sigmas(cfg: FlowTimesteps, batch: int, latent_hw: tuple[int, int
                        generator: torch.Generator) -> Tensor:
     """(B,) σ for a flow model, float32 on the generator's device. Pass σ itself as the timestep:
     ComfyUI's sigma()/percent_to_sigma would add the model's own shift on top (a double shift)."""
+    if cfg.sampling not in FLOW_SAMPLERS or (cfg.sampling == "shift" and not cfg.shift):
+        raise ValueError(f"flow timesteps {cfg} must be resolved for the model first (FlowTimesteps.resolved)")
     h, w = latent_hw
     image_seq_len = (h // 2) * (w // 2)  # Flux packs 2×2 latent patches into one token
     return FLOW_SAMPLERS[cfg.sampling](cfg, batch, image_seq_len, generator)

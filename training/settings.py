@@ -23,14 +23,14 @@ class NetworkSettings:
             raise ValueError(f"target preset must be one of {', '.join(TARGET_PRESETS)}, not {self.preset!r}")
 
 
-def network_notes(settings: NetworkSettings, base: str | None = None) -> list[str]:
+def network_notes(settings: NetworkSettings, family: str | None = None, has_convolutions: bool = True) -> list[str]:
     """Network settings that cannot take effect, to say so rather than train without them.
-    `base`: the model family when known ("flux" has no convolutions in its blocks)."""
+    `family`, when known: the model family's name, and whether its blocks hold convolutions."""
     network = settings.network
     if not network.conv_rank:
         return []
-    if base == "flux":
-        return [f"conv_rank {network.conv_rank} has no effect: Flux's blocks have no convolutions"]
+    if family is not None and not has_convolutions:
+        return [f"conv_rank {network.conv_rank} has no effect: {family}'s blocks have no convolutions"]
     if settings.preset != "all":
         return [f"conv_rank {network.conv_rank} has no effect: the {settings.preset!r} preset adapts no "
                 f"convolutions (choose target_preset 'all' to train them)"]

@@ -89,60 +89,43 @@ def run_block(fn, *args, checkpoint: bool, **kwargs):
     return fn(*args, **kwargs)
 
 
-def _flux_block(block, args: dict) -> dict:
-    common = dict(vec=args["vec"], pe=args["pe"], attn_mask=args.get("attn_mask"),
-                  transformer_options=args.get("transformer_options"))
-    if "txt" in args:
-        img, txt = block(img=args["img"], txt=args["txt"], **common)
-        return {"img": img, "txt": txt}
-    return {"img": block(args["img"], **common)}
+def _copied_inputs(value):
+    """A block may add into its inputs in place: a checkpoint must recompute from the originals."""
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.clone()
+    return value
 
 
-def flux_block_patch(block, checkpoint: bool):
-    """A Flux block as a patcher block-replace patch, run through `run_block` on cloned inputs
-    (a block may add into them in place). The block module is bound here: ComfyUI's
-    `original_block` closure refers to a loop variable that has moved on by the time a checkpoint
-    recomputes."""
-
-    def patch(args, extra):
-        keys = [k for k, v in args.items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
-        out_keys = ("img", "txt") if "txt" in args else ("img",)
-
-        def run(*values):
-            out = _flux_block(block, {**args, **{k: v.clone() for k, v in zip(keys, values)}})
-            return tuple(out[k] for k in out_keys)
-
-        return dict(zip(out_keys, run_block(run, *[args[k] for k in keys], checkpoint=checkpoint)))
-
-    return patch
-
-
-_UNET_CHECKPOINTED = ("ResBlock", "SpatialTransformer")
-
-
-def _checkpointed_forward(module):
+def _wrapped_forward(module, checkpoint: bool):
     forward = type(module).forward.__get__(module)
 
     def run(*args, **kwargs):
-        return run_block(forward, *args, checkpoint=True, **kwargs)
+        def call(*a, **k):
+            return forward(*[_copied_inputs(v) for v in a], **{n: _copied_inputs(v) for n, v in k.items()})
+
+        return run_block(call, *args, checkpoint=checkpoint, **kwargs)
 
     return run
 
 
-def unet_checkpointing(patcher):
-    """Per-block checkpointing for UNets, as a patcher injection: the blocks' `forward` is
-    replaced on the instances while this patcher is loaded and restored when it is unloaded
-    (ComfyUI's own checkpoint helper in the UNet is a no-op)."""
+def wrap_blocks(patcher, classes: tuple[str, ...], checkpoint: bool) -> None:
+    """Every block of `classes` runs through `run_block` (checkpointed, or with copies of what
+    autograd saves), as a patcher injection: the blocks' `forward` is replaced on the instances
+    while this patcher is loaded and restored when it is unloaded — the shared module's other
+    users never see it. Blocks nested in a wrapped block are left to it."""
     from comfy.patcher_extension import PatcherInjection
 
-    layers = [m for m in patcher.model.diffusion_model.modules() if type(m).__name__ in _UNET_CHECKPOINTED]
+    layers = []
+    for module in patcher.model.diffusion_model.modules():
+        if type(module).__name__ in classes and not any(module in set(outer.modules()) for outer in layers):
+            layers.append(module)
 
     def inject(_):
         for layer in layers:
-            layer.forward = _checkpointed_forward(layer)
+            layer.forward = _wrapped_forward(layer, checkpoint)
 
     def eject(_):
         for layer in layers:
             layer.__dict__.pop("forward", None)
 
-    patcher.set_injections("loralab_checkpointing", [PatcherInjection(inject=inject, eject=eject)])
+    patcher.set_injections("loralab_blocks", [PatcherInjection(inject=inject, eject=eject)])

@@ -1,10 +1,10 @@
-"""The Demo Model node's tiny random-weight models, built from ComfyUI's own classes.
+"""The Demo Model node's tiny random-weight models, built from ComfyUI's own classes; each
+family's recipe is in its profile module (families/), the shared pieces are here.
 
 Transformer families go through ComfyUI's own model detection, as a checkpoint file does: a
 skeleton of the file's keys (shape-only meta tensors, never allocated) is detected into the
-family's `supported_models` class and its full config, including any field a newer ComfyUI
-adds; only the size keys that detection cannot describe at tiny widths are then overridden.
-UNets are built from the family's class with the sizes of demo_configs."""
+family's `supported_models` class and its full config, including any field a newer ComfyUI adds;
+only the size keys that detection cannot describe at tiny widths are then set."""
 
 from __future__ import annotations
 
@@ -43,19 +43,29 @@ def randomize_module(module: torch.nn.Module, seed: int) -> None:
             tensor.copy_(values.to(tensor.dtype))
 
 
-def _clip_target(family: str):
-    from comfy import sd1_clip, sdxl_clip
-    from comfy.supported_models_base import ClipTarget
-    from comfy.text_encoders import flux
-
-    if family == "Flux":
-        return ClipTarget(flux.FluxTokenizer, flux.flux_clip())
-    if family == "SDXL":
-        return ClipTarget(sdxl_clip.SDXLTokenizer, sdxl_clip.SDXLClipModel)
-    return ClipTarget(sd1_clip.SD1Tokenizer, sd1_clip.SD1ClipModel)
+def meta(*shape: int) -> torch.Tensor:
+    """A shape-only tensor for a detection skeleton."""
+    return torch.empty(shape, device="meta")
 
 
-def _build_clip(family: str, seed: int):
+def detected_config(skeleton: dict, sizes: dict):
+    """The `supported_models` config ComfyUI detects for a checkpoint with these keys, with the
+    size keys that detection hardcodes for full-size files set to the tiny ones."""
+    import comfy.model_detection
+
+    unet_config = comfy.model_detection.detect_unet_config(skeleton, "")
+    if unet_config is None:
+        raise RuntimeError("ComfyUI's model detection does not recognise the demo model's checkpoint keys")
+    unet_config.update(sizes)
+    model_config = comfy.model_detection.model_config_from_unet_config(unet_config, skeleton)
+    if model_config is None:
+        raise RuntimeError(f"ComfyUI has no model class for the demo config {unet_config}")
+    model_config.unet_config.update(sizes)  # the class may force full-size values (head counts)
+    return model_config
+
+
+def build_clip(target, seed: int, **model_options):
+    """A comfy.sd.CLIP of `target` with the demo encoder sizes, randomised."""
     import comfy.sd
 
     options = {
@@ -63,13 +73,15 @@ def _build_clip(family: str, seed: int):
         "clip_l_model_config": dict(demo_configs.CLIP_L),
         "clip_g_model_config": dict(demo_configs.CLIP_G),
         "t5xxl_model_config": dict(demo_configs.T5XXL),
+        **model_options,
     }
-    clip = comfy.sd.CLIP(target=_clip_target(family), model_options=options)
+    clip = comfy.sd.CLIP(target=target, model_options=options)
     randomize_module(clip.cond_stage_model, seed)
     return clip
 
 
-def _build_vae(latent_channels: int, seed: int):
+def build_vae(latent_channels: int, seed: int):
+    """A tiny 8x AutoencoderKL VAE with the family's latent channel count."""
     import comfy.sd
     from comfy.ldm.models.autoencoder import AutoencoderKL
 
@@ -81,56 +93,10 @@ def _build_vae(latent_channels: int, seed: int):
     return vae
 
 
-def _meta(*shape: int) -> torch.Tensor:
-    return torch.empty(shape, device="meta")
-
-
-def _flux_skeleton(size: dict) -> dict:
-    """The keys (and shapes) of a Flux.1 checkpoint that ComfyUI's detection reads."""
-    hidden, head = size["hidden_size"], size["hidden_size"] // size["num_heads"]
-    keys = {"img_in.weight": _meta(hidden, size["in_channels"] * 4),
-            "txt_in.weight": _meta(hidden, size["context_in_dim"]),
-            "vector_in.in_layer.weight": _meta(hidden, size["vec_in_dim"])}
-    if size["guidance_embed"]:
-        keys["guidance_in.in_layer.weight"] = _meta(hidden, 256)
-    for i in range(size["depth"]):
-        keys[f"double_blocks.{i}.img_attn.norm.key_norm.scale"] = _meta(head)
-    for i in range(size["depth_single_blocks"]):
-        keys[f"single_blocks.{i}.norm.key_norm.scale"] = _meta(head)
-    return keys
-
-
-def _detected_config(skeleton: dict, size: dict):
-    """The `supported_models` config ComfyUI detects for a checkpoint with these keys, with the
-    size keys that detection hardcodes for full-size files set to the tiny ones."""
-    import comfy.model_detection
-
-    unet_config = comfy.model_detection.detect_unet_config(skeleton, "")
-    unet_config.update(size)
-    model_config = comfy.model_detection.model_config_from_unet_config(unet_config, skeleton)
-    if model_config is None:
-        raise RuntimeError("ComfyUI's model detection does not recognise the demo model's checkpoint keys")
-    model_config.unet_config.update(size)  # the class may force full-size values (head counts)
-    return model_config
-
-
-def _model_config(family: str):
-    import comfy.supported_models as sm
-
-    if family == "Flux":
-        return _detected_config(_flux_skeleton(demo_configs.FLUX_UNET), demo_configs.FLUX_UNET)
-    config_class, unet_config = {"SD1.5": (sm.SD15, demo_configs.SD15_UNET),
-                                 "SDXL": (sm.SDXL, demo_configs.SDXL_UNET)}[family]
-    model_config = config_class(unet_config)
-    model_config.unet_config.update(unet_config)  # the family's class forces full-size head counts
-    return model_config
-
-
-def _build_unet(family: str, weight_dtype: str, seed: int):
+def _build_unet(model_config, weight_dtype: str, seed: int):
     import comfy.model_management as mm
     import comfy.model_patcher
 
-    model_config = _model_config(family)
     dtype = _TORCH_DTYPES[weight_dtype]
     load_device = mm.get_torch_device()
     manual_cast = mm.unet_manual_cast(dtype, load_device, model_config.supported_inference_dtypes)
@@ -142,16 +108,23 @@ def _build_unet(family: str, weight_dtype: str, seed: int):
                                             offload_device=mm.unet_offload_device())
 
 
+def demo_families() -> list[str]:
+    """The Demo Model's families on this ComfyUI (a family whose class it lacks is left out)."""
+    from .families import demos
+
+    return list(demos())
+
+
 def build_demo_model(family: str, weight_dtype: str = "fp32", seed: int = 0) -> DemoModel:
     """A tiny random-weight model of `family` built from ComfyUI's own classes, with its text
     encoder(s) and VAE: the same code paths as a real checkpoint, at a size CPU tests afford."""
-    if family not in demo_configs.FAMILIES:
-        raise ValueError(f"family must be one of {', '.join(demo_configs.FAMILIES)}, not {family!r}")
+    from .families import demos
+
+    available = demos()
+    if family not in available:
+        raise ValueError(f"family must be one of {', '.join(available)}, not {family!r}")
     if weight_dtype not in _TORCH_DTYPES:
         raise ValueError(f"weight_dtype must be one of {', '.join(_TORCH_DTYPES)}, not {weight_dtype!r}")
-    latent_channels = demo_configs.FLUX_UNET["in_channels"] if family == "Flux" else 4
-    return DemoModel(
-        model=_build_unet(family, weight_dtype, seed),
-        clip=_build_clip(family, seed + 1),
-        vae=_build_vae(latent_channels, seed + 2),
-    )
+    recipe = available[family]
+    return DemoModel(model=_build_unet(recipe.model_config(), weight_dtype, seed), clip=recipe.clip(seed + 1),
+                     vae=recipe.vae(seed + 2))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .families import base_family
-from .training_model import attach_with, encode_caption, training_clone, unload
+from .families import profile_of
+from .training_model import attach_with, encode_caption, latent_downscale, training_clone, unload
 
 
 def apply_lora(model, tensors: dict, strength: float = 1.0, clip=None):
@@ -39,21 +39,25 @@ def sample_images(model, network, clip, vae, prompts: list[str], settings) -> to
     patcher = training_clone(model)
     if network is not None:
         attach_with(patcher, network)
-    channels = model.get_model_object("latent_format").latent_channels
-    latent = torch.zeros(1, channels, settings.height // 8, settings.width // 8)
+    fmt, down = model.get_model_object("latent_format"), latent_downscale(model)
+    channels = fmt.latent_channels
+    frames = (1,) if getattr(fmt, "latent_dimensions", 2) == 3 else ()  # video-style latents (Wan VAE)
+    latent = torch.zeros(1, channels, *frames, settings.height // down, settings.width // down)
+    takes_guidance = profile_of(model).guidance(model.model.diffusion_model)
     negative = encode_caption(clip, settings.negative)
     images = []
     try:
         with torch.no_grad():
             for prompt in prompts:
                 positive = [encode_caption(clip, prompt)]
-                if base_family(model) == "flux":
+                if takes_guidance:
                     positive = node_helpers.conditioning_set_values(positive, {"guidance": settings.guidance})
                 noise = comfy.sample.prepare_noise(latent, settings.seed)
                 out = comfy.sample.sample(patcher, noise, settings.steps, settings.cfg, settings.sampler, settings.scheduler,
                                           positive, [negative], latent, seed=settings.seed, disable_pbar=True,
                                           callback=_cancel_point)
-                images.append(vae.decode(out)[..., :3].float().cpu())
+                decoded = vae.decode(out)[..., :3].float().cpu()
+                images.append(decoded.reshape(-1, *decoded.shape[-3:]))  # a video VAE adds a frame axis
     finally:
         unload(patcher)
         if network is not None:

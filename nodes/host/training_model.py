@@ -9,7 +9,7 @@ import contextlib
 import torch
 
 from . import autograd
-from .families import base_family, prediction_family
+from .families import prediction_family, profile_of
 from .version import training_flags
 
 
@@ -87,30 +87,26 @@ class TrainingModel:
     block) undoes it all."""
 
     def __init__(self, model, network, checkpointing: bool, guidance: float | None, text_encoder=None):
-        self.base = base_family(model)
+        self.profile = profile_of(model)
+        self.base = self.profile.name
         self.family = prediction_family(model)
         self.patcher = training_clone(model)
         self.network = network
-        self.guidance = guidance if self.base == "flux" and self._has_guidance() else None
+        unet = self.patcher.model.diffusion_model
+        self.guidance = guidance if self.profile.guidance(unet) else None
         if network is not None:  # None: the model as it is (evaluation, comparisons)
             attach_with(self.patcher, network)
         self.patcher.add_object_patch("model_sampling", _raw_output_sampling(model.get_model_object("model_sampling")))
         autograd.freeze_base_weights(self.patcher)
-        if self.base == "flux":
-            unet = self.patcher.model.diffusion_model
-            for kind, blocks in (("double_block", unet.double_blocks), ("single_block", unet.single_blocks)):
-                for i, block in enumerate(blocks):
-                    self.patcher.set_model_patch_replace(autograd.flux_block_patch(block, checkpointing), "dit", kind, i)
-        elif checkpointing:
-            autograd.unet_checkpointing(self.patcher)
+        if checkpointing or self.profile.copies_without_checkpointing:
+            autograd.wrap_blocks(self.patcher, self.profile.checkpoint_blocks, checkpoint=checkpointing)
         sampling = model.get_model_object("model_sampling")
-        self.sigma_table = None if self.base == "flux" else sampling.sigmas.detach().float().clone()
+        flow = type(self.family).__name__ == "Flow"
+        self.sigma_table = None if flow else sampling.sigmas.detach().float().clone()
+        self.downscale = latent_downscale(model)
         self.device = self.patcher.load_device
         self.text_encoder = text_encoder  # captions are then encoded every step, with gradients
         self._flags = contextlib.ExitStack()
-
-    def _has_guidance(self) -> bool:
-        return bool(getattr(self.patcher.model.diffusion_model.params, "guidance_embed", False))
 
     @property
     def _patchers(self) -> list:
@@ -177,7 +173,7 @@ class TrainingModel:
         per_sample = []
         for i, (cross_attn, extra) in enumerate(conds):
             params = {**extra, "cross_attn": cross_attn, "device": self.device, "noise": noisy[i:i + 1],
-                      "width": noisy.shape[-1] * 8, "height": noisy.shape[-2] * 8, "prompt_type": "positive"}
+                      "width": noisy.shape[-1] * self.downscale, "height": noisy.shape[-2] * self.downscale, "prompt_type": "positive"}
             if self.guidance is not None:
                 params["guidance"] = self.guidance
             per_sample.append(self.patcher.model.extra_conds(**params))
@@ -186,6 +182,17 @@ class TrainingModel:
             value = first.concat([s[key] for s in per_sample[1:]]) if len(per_sample) > 1 else first.cond
             out[key] = value.to(self.device) if isinstance(value, torch.Tensor) else value
         return out
+
+
+def sampling_shift(model) -> float:
+    """The shift ComfyUI samples a flow model with (its sampling settings, or an upstream
+    ModelSampling node's value): the default of the Objective's timestep shift."""
+    return float(getattr(model.get_model_object("model_sampling"), "shift", 1.0))
+
+
+def latent_downscale(model) -> int:
+    """Pixels per latent cell: 8 for SD/SDXL/Flux.1 VAEs, 16 for Flux.2's (latent format)."""
+    return int(getattr(model.get_model_object("latent_format"), "spacial_downscale_ratio", 8))
 
 
 def encode_images(vae, model, pixels: torch.Tensor) -> torch.Tensor:

@@ -82,5 +82,5 @@ def test_stock_lora_key_map_covers_every_layer(host, comfy_nodes, family):
 
 
 def test_unknown_family_is_a_clear_error(host):
-    with pytest.raises(ValueError, match="family must be one of Flux, SD1.5, SDXL"):
-        host.build_demo_model("SD3", "fp32", 0)
+    with pytest.raises(ValueError, match="family must be one of Flux, .*SD1.5, SDXL.*, not 'SD9'"):
+        host.build_demo_model("SD9", "fp32", 0)

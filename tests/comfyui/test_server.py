@@ -49,7 +49,7 @@ def test_bad_widget_value_is_refused_and_server_keeps_running(server):
     prompt = demo_sampling_prompt("Flux")
     prompt["1"]["inputs"]["family"] = "SD9"
     error = refusal(server, prompt)  # 0.33 refuses it up front, 0.3.64 leaves it to the node
-    assert "SD9" in error and ("family must be one of Flux, SD1.5, SDXL" in error
+    assert "SD9" in error and ("family must be one of Flux, " in error
                                or ('"value_not_in_list"' in error and '"input_name": "family"' in error)), error
     assert server.alive()
     entry = server.run(demo_sampling_prompt("SD1.5", prefix="after_error"))

@@ -180,7 +180,7 @@ def test_sigmas_for_reads_the_models_table():
 
 @pytest.mark.parametrize("sampling", list(FLOW_SAMPLERS))
 def test_flow_sigmas_shape_range_and_reproducibility(sampling):
-    cfg = FlowTimesteps(sampling=sampling)
+    cfg = FlowTimesteps(sampling=sampling, shift=3.0)
     sigma = sample_flow_sigmas(cfg, 10_000, (128, 128), gen(5))
     assert sigma.shape == (10_000,) and sigma.dtype == torch.float32
     assert sigma.min() > 0 and sigma.max() < 1
@@ -220,5 +220,30 @@ def test_flux_shift_depends_on_resolution():
 
 
 def test_unknown_flow_sampling_names_the_valid_ones():
-    with pytest.raises(ValueError, match="uniform, sigmoid, shift, flux_shift"):
+    with pytest.raises(ValueError, match="auto, uniform, sigmoid, shift, flux_shift"):
         FlowTimesteps(sampling="logit_normal")
+
+
+@pytest.mark.parametrize("asked, model_shift, family_default, expected", [
+    (FlowTimesteps(), 3.0, "shift", FlowTimesteps("shift", 1.0, 3.0)),  # Z-Image, SD3.5: the model's 3.0
+    (FlowTimesteps(), 1.15, "shift", FlowTimesteps("shift", 1.0, 1.15)),  # Qwen-Image
+    (FlowTimesteps(), 1.15, "sigmoid", FlowTimesteps("sigmoid", 1.0, 1.15)),  # Flux.1: kohya's sigmoid, no shift
+    (FlowTimesteps("shift"), 2.02, "sigmoid", FlowTimesteps("shift", 1.0, 2.02)),  # shift asked, model's value
+    (FlowTimesteps("shift", 1.0, 5.0), 3.0, "shift", FlowTimesteps("shift", 1.0, 5.0)),  # an explicit shift wins
+    (FlowTimesteps("uniform"), 3.0, "shift", FlowTimesteps("uniform", 1.0, 3.0)),
+])
+def test_auto_timesteps_resolve_to_the_family_default_with_the_models_shift(asked, model_shift, family_default,
+                                                                              expected):
+    resolved = asked.resolved(model_shift, family_default)
+    assert resolved == expected
+    sigma = sample_flow_sigmas(resolved, 1000, (32, 32), gen(0))
+    if resolved.sampling == "shift":  # exactly one shift: the sigmoid draws shifted once by that value
+        base = sample_flow_sigmas(FlowTimesteps("sigmoid"), 1000, (32, 32), gen(0))
+        s = resolved.shift
+        assert torch.allclose(sigma, base * s / (1 + (s - 1) * base))
+
+
+def test_unresolved_timesteps_are_refused_by_the_sampler():
+    for cfg in (FlowTimesteps(), FlowTimesteps("shift")):
+        with pytest.raises(ValueError, match="must be resolved"):
+            sample_flow_sigmas(cfg, 4, (8, 8), gen(0))

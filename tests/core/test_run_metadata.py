@@ -54,7 +54,8 @@ def test_a_flux_run_records_its_timesteps_and_guidance():
 
 def test_the_settings_reach_the_file_metadata_over_the_basic_keys():
     settings = metadata()
-    facts = TrainingFacts(base="sd15", output_name="x", network_module="lycoris.kohya", rank=16, alpha=8.0,
+    facts = TrainingFacts(base_model_version="sd_v1", architecture="stable-diffusion-v1/lora",
+                          implementation="https://github.com/Stability-AI/generative-models", output_name="x", network_module="lycoris.kohya", rank=16, alpha=8.0,
                           network_args={}, steps=40, epoch=1, learning_rate=1.0, optimizer="Prodigy",
                           resolution="512x512", seed=0, settings=settings)
     meta = build_metadata(facts)

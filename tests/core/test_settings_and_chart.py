@@ -166,7 +166,7 @@ def test_samples_every_n_steps_also_sample_the_final_step():
                                                   ("all", "sd15", True), ("all", "flux", False)])
 def test_conv_rank_without_convolutions_to_adapt_is_noted(preset, base, effect):
     settings = NetworkSettings(NetworkConfig("LoCon", 8, 8.0, 4, 1.0), preset)
-    notes = network_notes(settings, base)
+    notes = network_notes(settings, base, has_convolutions=base != "flux")
     assert (notes == []) == effect
     assert all("conv_rank 4 has no effect" in note for note in notes)
     assert network_notes(NetworkSettings(NetworkConfig("LoCon", 8, 8.0), "attention"), "sd15") == []
