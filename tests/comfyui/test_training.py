@@ -6,10 +6,12 @@ import logging
 import pytest
 import torch
 
+from labtest import families
 from labtest.gradcheck import Check, assert_sound, directional_check
 from labtest.training import build_in_executor_mode, eval_loss, pattern_image, square_mask
 
-FAMILIES = ["Flux", "SD1.5", "SDXL"]
+FAMILIES = families.params(families.ALL)  # every family this ComfyUI has; the others: not applicable
+TE_FAMILIES = families.params([f for f in families.ALL if families.EXPECT[f].te_prefix])  # CLIP encoders
 
 
 @pytest.fixture
@@ -72,9 +74,9 @@ def test_input_model_output_is_bit_identical_after_training(host, comfy_nodes, l
 
     def sample():
         (cond,) = comfy_nodes.CLIPTextEncode().encode(demo.clip, "a photo of sks")
-        channels = 16 if family == "Flux" else 4
+        latent = host.encode_images(demo.vae, demo.model, pattern_image().unsqueeze(0)) * 0  # the family's shape
         (out,) = comfy_nodes.common_ksampler(demo.model, 5, 2, 1.0, "euler", "normal", cond, cond,
-                                             {"samples": torch.zeros(1, channels, 8, 8)})
+                                             {"samples": latent})
         return out["samples"]
 
     before = sample()
@@ -92,8 +94,17 @@ def test_latents_use_the_family_latent_scaling(host, family):
     with torch.no_grad():
         raw = demo.vae.encode(pixels)
     scaled = host.encode_images(demo.vae, demo.model, pixels)
-    shift, scale = {"Flux": (0.1159, 0.3611), "SD1.5": (0.0, 0.18215), "SDXL": (0.0, 0.13025)}[family]
-    assert torch.allclose(scaled, (raw - shift) * scale, atol=1e-6)
+    expect = families.EXPECT[family]
+    assert type(demo.model.model.latent_format).__name__ == expect.latent_format
+    assert scaled.shape[1] == expect.latent_channels
+    if expect.scaling is not None:
+        shift, scale = expect.scaling
+        assert torch.allclose(scaled, (raw - shift) * scale, atol=1e-6)
+    else:  # a per-channel mean/std format (Wan 2.1's): each channel normalised on its own
+        fmt = demo.model.model.latent_format
+        mean = fmt.latents_mean.reshape(1, -1, *[1] * (raw.ndim - 2))
+        std = fmt.latents_std.reshape(1, -1, *[1] * (raw.ndim - 2))
+        assert torch.allclose(scaled, (raw - mean) * fmt.scale_factor / std, atol=1e-5)
 
 
 ALGORITHMS = [("LoRA", 0), ("LoCon", 4), ("LoHa", 4), ("LoKr", 4), ("GLoRA", 0), ("Diag-OFT", 0), ("DoRA", 0)]
@@ -125,7 +136,7 @@ def test_saved_file_loads_in_the_stock_loader_as_trained(host, comfy_nodes, lora
         samples = train_run.encode_samples(make_request(demo, one_image_dataset()))
     x0 = samples[0].latent.unsqueeze(0)
     noise = torch.randn(x0.shape, generator=g)
-    sigma = torch.tensor([0.5]) if family == "Flux" else torch.tensor([2.0])
+    sigma = torch.tensor([0.5]) if families.EXPECT[family].flow else torch.tensor([2.0])
 
     def output(model, net):
         with torch.inference_mode(False), torch.no_grad(), host.TrainingModel(model, net, False, 1.0) as tm:
@@ -167,7 +178,7 @@ def test_adapter_gradients_match_finite_differences(host, loras_dir, family, che
     direction = [torch.randn(p.shape, generator=g, dtype=torch.float64) for p in network.parameters()]
     x0 = samples[0].latent.unsqueeze(0).double()
     noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
-    sigma = torch.tensor([0.4 if family == "Flux" else 1.5], dtype=torch.float64)
+    sigma = torch.tensor([0.4 if families.EXPECT[family].flow else 1.5], dtype=torch.float64)
     weight = pool_to_latent(square_mask()[None, None], tuple(x0.shape[-2:])).double()
 
     with torch.inference_mode(False), host.TrainingModel(demo.model, network, checkpointing, 1.0) as tm:
@@ -179,9 +190,8 @@ def test_adapter_gradients_match_finite_differences(host, loras_dir, family, che
         def loss(pred):
             return per_sample_loss(pred, target, weight).sum()
 
-        if family != "Flux":  # UNet blocks run checkpointed exactly when asked
-            wrapped = [m for m in demo.model.model.diffusion_model.modules() if "forward" in m.__dict__]
-            assert bool(wrapped) == checkpointing
+        wrapped = [m for m in demo.model.model.diffusion_model.modules() if "forward" in m.__dict__]
+        assert bool(wrapped) == (checkpointing or tm.profile.copies_without_checkpointing)
         params = list(network.parameters())
         check = directional_check(predict, loss, params, direction, eps=1e-3)
     print(f"{family}, checkpointing {checkpointing}: {check}")
@@ -190,7 +200,7 @@ def test_adapter_gradients_match_finite_differences(host, loras_dir, family, che
         assert_sound(Check(check.analytic * 1.01, check.numeric, check.bound))
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", TE_FAMILIES)
 def test_text_encoder_training_saves_loadable_te_weights_and_leaves_input_clip_alone(host, comfy_nodes, loras_dir,
                                                                                        family, caplog):
     import comfy.sd
@@ -209,8 +219,7 @@ def test_text_encoder_training_saves_loadable_te_weights_and_leaves_input_clip_a
                                 optimizer=OptimizerSettings(text_encoder_lr=5e-3)))
     assert torch.equal(before, encode(demo.clip))  # the input CLIP is untouched
     te_keys = [k for k in result.tensors if k.startswith("lora_te")]
-    prefix = {"SD1.5": "lora_te_", "SDXL": "lora_te2_", "Flux": "lora_te1_"}[family]
-    assert any(k.startswith(prefix) for k in te_keys)
+    assert any(k.startswith(families.EXPECT[family].te_prefix) for k in te_keys)
     assert any(result.tensors[k].abs().sum() > 0 for k in te_keys if "lora_up" in k)  # it was trained
     caplog.set_level(logging.WARNING)
     tensors = comfy.utils.load_torch_file(str(result.lora_path), safe_load=True)
@@ -220,7 +229,7 @@ def test_text_encoder_training_saves_loadable_te_weights_and_leaves_input_clip_a
 
 
 @pytest.mark.parametrize("algorithm", ["LoRA", "LoHa", "LoKr", "GLoRA", "Diag-OFT", "DoRA"])
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", TE_FAMILIES)
 def test_text_encoder_adapter_file_loads_as_trained(host, comfy_nodes, family, algorithm, caplog, tmp_path):
     import comfy.sd
     import comfy.utils
@@ -229,8 +238,7 @@ def test_text_encoder_adapter_file_loads_as_trained(host, comfy_nodes, family, a
     from comfyui_lora_lab.training.network import AdapterNetwork, NetworkConfig
 
     demo = build_in_executor_mode(host, family)
-    base = {"Flux": "flux", "SD1.5": "sd15", "SDXL": "sdxl"}[family]
-    network = AdapterNetwork(host.text_encoder_targets(demo.clip, base), NetworkConfig(algorithm, 4, 2.0), seed=2)
+    network = AdapterNetwork(host.text_encoder_targets(demo.clip, host.profile_of(demo.model)), NetworkConfig(algorithm, 4, 2.0), seed=2)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in network.parameters():
@@ -259,13 +267,18 @@ def test_text_encoder_adapter_file_loads_as_trained(host, comfy_nodes, family, a
     assert torch.equal(base_out, encode(demo.clip))
 
 
-def test_unsupported_model_family_is_named(host, comfy_nodes, loras_dir):
-    import comfy.supported_models
+@pytest.mark.parametrize("kind", ["video", "subclass"])
+def test_unsupported_model_family_is_named(host, comfy_nodes, loras_dir, kind):
+    """Anything not on the allow-list is refused by its class name, with what is supported: a
+    video model, and a subclass of a supported class (exact classes only: pixel-space variants
+    subclass their latent-space families)."""
+    import comfy.supported_models as sm
 
     demo = build_in_executor_mode(host, "SD1.5")
+    config_class = sm.WAN21_T2V if kind == "video" else type("SD15Variant", (sm.SD15,), {})
     other = demo.model.clone()
-    other.model = type("SD3Model", (), {"model_config": comfy.supported_models.SD3.__new__(comfy.supported_models.SD3)})()
-    with pytest.raises(ValueError, match="unsupported model family SD3"):
+    other.model = type("Model", (), {"model_config": config_class.__new__(config_class)})()
+    with pytest.raises(ValueError, match=f"unsupported model family {config_class.__name__}: LoRA Lab trains .*SD15"):
         train(make_request(demo, one_image_dataset(), steps=2, model=other))
 
 

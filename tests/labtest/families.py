@@ -7,6 +7,8 @@ named in the tier's summary (tests/conftest.py), never counted as skipped.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 
 from . import find_comfyui
@@ -36,3 +38,31 @@ def params(families: list[str]) -> list:
     all: the whole tier is skipped anyway)."""
     have = available()
     return [pytest.param(f, marks=pytest.mark.not_applicable(f)) if have and f not in have else f for f in families]
+
+
+# What each family's files and latents must look like, independent of the code under test: the
+# latent format ComfyUI uses for it, its process_in scaling, one LoRA key of the key style the
+# community's files use, kohya's base-model name, and the file prefix of a trainable text
+# encoder (None: text-encoder training is refused). Adding a family adds an entry here.
+@dataclass(frozen=True)
+class Expect:
+    latent_format: str
+    latent_channels: int
+    scaling: tuple[float, float] | None  # x -> (x - shift) * scale; None: per-channel (checked otherwise)
+    lora_key: str
+    base_model_version: str
+    te_prefix: str | None
+    flow: bool
+
+
+EXPECT: dict[str, Expect] = {
+    "Flux": Expect("Flux", 16, (0.1159, 0.3611), "lora_unet_double_blocks_0_img_attn_qkv", "flux1",
+                   "lora_te1_text_model_encoder_layers_0_self_attn_q_proj", True),
+    "Flux.1 schnell": Expect("Flux", 16, (0.1159, 0.3611), "lora_unet_single_blocks_0_linear1", "flux1",
+                             "lora_te1_text_model_encoder_layers_0_self_attn_q_proj", True),
+    "SD1.5": Expect("SD15", 4, (0.0, 0.18215), "lora_unet_down_blocks_0_attentions_0_proj_in", "sd_v1",
+                    "lora_te_text_model_encoder_layers_0_self_attn_q_proj", False),
+    "SDXL": Expect("SDXL", 4, (0.0, 0.13025), "lora_unet_input_blocks_1_1_proj_in", "sdxl_base_v1-0",
+                   "lora_te2_text_model_encoder_layers_0_self_attn_q_proj", False),
+}
+ALL = list(EXPECT)
