@@ -50,3 +50,13 @@ SDXL_UNET = {**_UNET_COMMON, "adm_in_channels": CLIP_G["projection_dim"] + 6 * 2
              "context_dim": CLIP_L["hidden_size"] + CLIP_G["hidden_size"], "num_head_channels": 16}
 
 WEIGHT_DTYPES = ("fp32", "bf16", "fp16")
+
+# Qwen-Image: the language model of Qwen2.5-VL (its vision tower is never built for the demo).
+# head_dim is fixed at 128 by ComfyUI's config class; the vocabulary stays full (the tokenizer's
+# ids reach 151655), so the embedding is most of the encoder's ~2.5M parameters.
+QWEN25_VL = {"vocab_size": 152064, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+             "num_attention_heads": 1, "num_key_value_heads": 1}
+QWEN_IMAGE_UNET = {"patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 1,
+                   "attention_head_dim": 32, "num_attention_heads": 2,
+                   "joint_attention_dim": QWEN25_VL["hidden_size"], "axes_dims_rope": (8, 12, 12)}
+QWEN_IMAGE_VAE_DIM = 8  # Wan 2.1 VAE base width (96 at full size; 0.3.64 reads no width from the file)

@@ -110,7 +110,7 @@ def encode_samples(req: RunRequest, cache_captions: bool = True, progress=None) 
 
     def encode(image, weight):
         latent = host.encode_images(req.vae, req.model, image.unsqueeze(0))[0].float().cpu()
-        pooled = None if weight is None else pool_to_latent(weight[None, None], tuple(latent.shape[-2:]))[0]
+        pooled = None if weight is None else pool_to_latent(weight[None, None], tuple(latent.shape[1:]))[0]
         return latent, pooled
 
     samples = []
@@ -364,7 +364,8 @@ def _train(req: RunRequest, loop_config: LoopConfig, networks: AdapterSet, text_
            report: _Reporter) -> RunResult:
     opt, obj = req.optimizer, req.objective
     samples = encode_samples(req, cache_captions=text_encoder is None, progress=report.progress)
-    resolution = ",".join(f"{s.latent.shape[-1] * 8}x{s.latent.shape[-2] * 8}" for s in samples[:1])
+    down = host.latent_downscale(req.model)
+    resolution = ",".join(f"{s.latent.shape[-1] * down}x{s.latent.shape[-2] * down}" for s in samples[:1])
     history: list[dict] = []
     saved: list[str] = []
     taken: list[tuple[int, torch.Tensor]] = []

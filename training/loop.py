@@ -20,8 +20,8 @@ from .objective import (Flow, FlowTimesteps, SnrWeighting, noise_offset, sample_
 
 @dataclass(frozen=True)
 class Sample:
-    latent: Tensor  # (C,h,w), already in the model's latent space
-    weight: Tensor | None = None  # (1,h,w) loss weight on the latent grid, 1 = learn
+    latent: Tensor  # (C,h,w) or (C,frames,h,w), already in the model's latent space
+    weight: Tensor | None = None  # (1,*latent spatial shape) loss weight on the latent grid, 1 = learn
     cond: object = None  # conditioning, opaque here: the predictor batches it
     repeats: int = 1
     flipped: tuple[Tensor, Tensor | None] | None = None  # (latent, weight) of the mirrored image
@@ -128,7 +128,7 @@ class Trainer:
         x0, noise, sigma = x0.to(device), noise.to(device), sigma.float().to(device)
         weight = None
         if any(w is not None for _, w, _ in views):
-            weight = torch.stack([w if w is not None else torch.ones(1, *x0.shape[-2:]) for _, w, _ in views]).to(device)
+            weight = torch.stack([w if w is not None else torch.ones(1, *x0.shape[2:]) for _, w, _ in views]).to(device)
         with torch.random.fork_rng(devices=[]):  # adapter dropout draws from the global RNG
             torch.manual_seed(cfg.seed * 1_000_003 + index)
             pred = self.predictor.predict(family.noisy(x0, noise, sigma), sigma, [c for _, _, c in views])

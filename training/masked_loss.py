@@ -3,7 +3,8 @@
 A mask here is a loss WEIGHT: 1 = learn this pixel, 0 = ignore it; (B,1,H,W) or (B,H,W) in pixel
 space, values in [0,1]. A zero weight removes a cell from the loss, not from the model's input:
 masked-out pixels still reach the prediction through attention and convolution, which is intended
-(the model keeps seeing the context it will be sampled in).
+(the model keeps seeing the context it will be sampled in). Latents are (B,C,h,w) or, from
+video-style VAEs (Wan), (B,C,frames,h,w): the weight then has the frame axis too.
 """
 
 from __future__ import annotations
@@ -13,15 +14,23 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def pool_to_latent(mask: Tensor, latent_hw: tuple[int, int]) -> Tensor:
+def pool_to_latent(mask: Tensor, latent_size: tuple[int, ...]) -> Tensor:
     """(B,1,h,w) float32 weights on the latent grid by area averaging (an 8×8 average pool for
     8× VAEs): a cell keeps the share of its pixels that are learned, so a thin part that nearest
-    sampling would skip still counts."""
+    sampling would skip still counts. `latent_size` is the latent's spatial shape: (h, w), or
+    (frames, h, w) for video-style latents (Wan VAE), where every frame gets the image's weights:
+    (B,1,frames,h,w)."""
     if mask.ndim == 3:
         mask = mask.unsqueeze(1)
     if mask.ndim != 4 or mask.shape[1] != 1:
         raise ValueError(f"mask must be (B,H,W) or (B,1,H,W), got shape {tuple(mask.shape)}")
-    return F.interpolate(mask.float(), size=tuple(latent_hw), mode="area")
+    size = tuple(int(s) for s in latent_size)
+    if len(size) not in (2, 3):
+        raise ValueError(f"latent size must be (h, w) or (frames, h, w), got {size}")
+    pooled = F.interpolate(mask.float(), size=size[-2:], mode="area")
+    if len(size) == 3:
+        pooled = pooled.unsqueeze(2).expand(-1, -1, size[0], -1, -1).contiguous()
+    return pooled
 
 
 def _squared(pred: Tensor, target: Tensor, delta: float) -> Tensor:

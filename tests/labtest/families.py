@@ -64,5 +64,6 @@ EXPECT: dict[str, Expect] = {
                     "lora_te_text_model_encoder_layers_0_self_attn_q_proj", False),
     "SDXL": Expect("SDXL", 4, (0.0, 0.13025), "lora_unet_input_blocks_1_1_proj_in", "sdxl_base_v1-0",
                    "lora_te2_text_model_encoder_layers_0_self_attn_q_proj", False),
+    "Qwen-Image": Expect("Wan21", 16, None, "lora_unet_transformer_blocks_0_attn_to_q", "qwen_image", None, True),
 }
 ALL = list(EXPECT)

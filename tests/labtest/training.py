@@ -37,7 +37,7 @@ def eval_loss(host, model, samples, count: int = 8, seed: int = 1234) -> float:
         family = tm.family
         for sample in samples:
             g = torch.Generator().manual_seed(seed)
-            x0 = sample.latent.unsqueeze(0).repeat(count, 1, 1, 1).float()
+            x0 = sample.latent.unsqueeze(0).repeat(count, *[1] * sample.latent.ndim).float()  # 4-D or 5-D
             noise = torch.randn(x0.shape, generator=g)
             if isinstance(family, Flow):
                 sigma = sample_flow_sigmas(FlowTimesteps("uniform"), count, tuple(x0.shape[-2:]), g).clamp(0.05, 0.95)

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import torch
 
-from . import flux, unet
+from . import flux, qwen_image, unet
 from .profile import FamilyProfile
 
-PROFILES: tuple[FamilyProfile, ...] = (flux.PROFILE, unet.SD15, unet.SDXL)
+PROFILES: tuple[FamilyProfile, ...] = (flux.PROFILE, unet.SD15, unet.SDXL, qwen_image.PROFILE)
 
 
 def profile_of(patcher) -> FamilyProfile:
