@@ -60,3 +60,25 @@ QWEN_IMAGE_UNET = {"patch_size": 2, "in_channels": 64, "out_channels": 16, "num_
                    "attention_head_dim": 32, "num_attention_heads": 2,
                    "joint_attention_dim": QWEN25_VL["hidden_size"], "axes_dims_rope": (8, 12, 12)}
 QWEN_IMAGE_VAE_DIM = 8  # Wan 2.1 VAE base width (96 at full size; 0.3.64 reads no width from the file)
+
+# Qwen3 text encoders (Z-Image, Flux.2 Klein): LLM layers with Qwen3's fixed head width (128).
+# Z-Image reads the second-to-last layer (3 layers: ComfyUI asserts abs(layer_idx) < layers); Klein stacks layers 9, 18 and 27 (28 layers).
+# The vocabulary stays full: the Qwen tokenizer's template tokens are ids above 151k.
+QWEN3_TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
+              "num_attention_heads": 1, "num_key_value_heads": 1}
+QWEN3_KLEIN = {**QWEN3_TINY, "num_hidden_layers": 28}
+
+# Z-Image: NextDiT at 256 wide (its modulation reads min(dim, 256) features: narrower breaks it),
+# one head of 128 = its rope axes 32+48+48, one layer and one refiner of each kind.
+Z_IMAGE_UNET = {"dim": 256, "n_heads": 2, "n_kv_heads": 2, "n_layers": 1, "n_refiner_layers": 1,
+                "cap_feat_dim": QWEN3_TINY["hidden_size"], "in_channels": 16}
+
+# Flux.2: heads of 128 (its four rope axes of 32); 128 latent channels at patch size 1; Klein's
+# conditioning is three Qwen3 layers side by side.
+FLUX2_KLEIN_UNET = {"in_channels": 128, "hidden_size": 128, "num_heads": 1, "depth": 1,
+                    "depth_single_blocks": 1, "context_in_dim": 3 * QWEN3_KLEIN["hidden_size"],
+                    "guidance_embed": False}
+# The Flux.2 VAE's decoder width (its encoder's width is fixed by ComfyUI's detection).
+FLUX2_VAE = {"double_z": True, "z_channels": 32, "resolution": 256, "in_channels": 3, "out_ch": 3,
+             "ch": 32, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [],
+             "dropout": 0.0, "batch_norm_latent": True}

@@ -65,5 +65,7 @@ EXPECT: dict[str, Expect] = {
     "SDXL": Expect("SDXL", 4, (0.0, 0.13025), "lora_unet_input_blocks_1_1_proj_in", "sdxl_base_v1-0",
                    "lora_te2_text_model_encoder_layers_0_self_attn_q_proj", False),
     "Qwen-Image": Expect("Wan21", 16, None, "lora_unet_transformer_blocks_0_attn_to_q", "qwen_image", None, True),
+    "Z-Image": Expect("Flux", 16, (0.1159, 0.3611), "lora_unet_layers_0_attention_qkv", "z_image", None, True),
+    "Flux.2 Klein": Expect("Flux2", 128, (0.0, 1.0), "lora_unet_double_blocks_0_img_attn_qkv", "flux2", None, True),
 }
 ALL = list(EXPECT)
