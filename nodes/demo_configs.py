@@ -82,3 +82,21 @@ FLUX2_KLEIN_UNET = {"in_channels": 128, "hidden_size": 128, "num_heads": 1, "dep
 FLUX2_VAE = {"double_z": True, "z_channels": 32, "resolution": 256, "in_channels": 3, "out_ch": 3,
              "ch": 32, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [],
              "dropout": 0.0, "batch_norm_latent": True}
+
+# Chroma: Flux's blocks without per-block modulation; ComfyUI's detection sets the patchified
+# in/out channels (64) and the distilled guidance layer's in_dim (64); its out_dim must equal the
+# width, hidden_dim and n_layers are the approximator's own sizes.
+CHROMA_LATENT_CHANNELS = 16
+CHROMA_UNET = {
+    "in_channels": 4 * CHROMA_LATENT_CHANNELS, "context_in_dim": T5XXL["d_model"], "hidden_size": 128,
+    "mlp_ratio": 4.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1, "axes_dim": [16, 24, 24],
+    "out_dim": 128, "hidden_dim": 32, "n_layers": 1,
+}
+# SD3 / 3.5 (MMDiT): width 64 x depth (head size 64), so depth 2 = two JointBlocks of width 128,
+# the second one's context block pre-only; QK RMS-norm and attn2 in block 0, as in 3.5 medium.
+# The context is CLIP-L+G padded to T5-XXL's 4096 by ComfyUI; pooled = CLIP-L hidden + CLIP-G projection.
+SD3_UNET = {
+    "depth": 2, "patch_size": 2, "in_channels": 16, "pos_embed_max_size": 16, "context_in_dim": 4096,
+    "adm_in_channels": CLIP_L["hidden_size"] + CLIP_G["projection_dim"], "qk_norm": True,
+    "x_block_self_attn_layers": [0],
+}

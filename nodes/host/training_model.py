@@ -186,20 +186,20 @@ class TrainingModel:
 
 def sampling_shift(model) -> float:
     """The shift ComfyUI samples a flow model with (its sampling settings, or an upstream
-    ModelSampling node's value): the default of the Objective's timestep shift."""
-    return float(getattr(model.get_model_object("model_sampling"), "shift", 1.0))
+    ModelSampling node's value): the default of the Objective's timestep shift. Read off the
+    model's own schedule, σ(t) = s·t / (1 + (s − 1)·t), at t = ½ (s = σ / (1 − σ)): a `shift`
+    attribute is that s for SD3-style sampling but a log-shift μ = ln s for Flux-style sampling
+    (Chroma's 1.15 samples with s = e^1.15 ≈ 3.16)."""
+    sampling = model.get_model_object("model_sampling")
+    if not hasattr(sampling, "shift"):
+        return 1.0
+    sigma = float(sampling.percent_to_sigma(0.5))
+    return round(sigma / (1.0 - sigma), 6)  # float32 schedules: 3.0, not 2.9999998
 
 
 def latent_downscale(model) -> int:
     """Pixels per latent cell: 8 for SD/SDXL/Flux.1 VAEs, 16 for Flux.2's (latent format)."""
     return int(getattr(model.get_model_object("latent_format"), "spacial_downscale_ratio", 8))
-
-def pixel_multiple(model) -> int:
-    """Image sides the model trains on are multiples of this: whole latent cells that its patches
-    tile (VAE downscale x patch size: Flux.1 and Z-Image 8x2, Flux.2 16x1), and at least 16."""
-    patch = getattr(model.model.diffusion_model, "patch_size", 1)
-    patch = patch if isinstance(patch, int) else max(patch[-2:])
-    return max(16, latent_downscale(model) * patch)
 
 
 def encode_images(vae, model, pixels: torch.Tensor) -> torch.Tensor:

@@ -65,6 +65,9 @@ EXPECT: dict[str, Expect] = {
     "SDXL": Expect("SDXL", 4, (0.0, 0.13025), "lora_unet_input_blocks_1_1_proj_in", "sdxl_base_v1-0",
                    "lora_te2_text_model_encoder_layers_0_self_attn_q_proj", False),
     "Qwen-Image": Expect("Wan21", 16, None, "lora_unet_transformer_blocks_0_attn_to_q", "qwen_image", None, True),
+    "Chroma": Expect("Flux", 16, (0.1159, 0.3611), "lora_unet_double_blocks_0_img_attn_qkv", "chroma", None, True),
+    "SD3.5": Expect("SD3", 16, (0.0609, 1.5305), "lora_unet_joint_blocks_0_x_block_attn2_qkv", "5-medium",
+                    "lora_te2_text_model_encoder_layers_0_self_attn_q_proj", True),
     "Z-Image": Expect("Flux", 16, (0.1159, 0.3611), "lora_unet_layers_0_attention_qkv", "z_image", None, True),
     "Flux.2 Klein": Expect("Flux2", 128, (0.0, 1.0), "lora_unet_double_blocks_0_img_attn_qkv", "flux2", None, True),
 }

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import torch
 
-from . import flux, qwen_image, unet, flux2, z_image
+from . import chroma, flux, qwen_image, sd3, unet, flux2, z_image
 from .profile import FamilyProfile
 
-PROFILES: tuple[FamilyProfile, ...] = (flux.PROFILE, unet.SD15, unet.SDXL, qwen_image.PROFILE, z_image.PROFILE, flux2.PROFILE)
+PROFILES: tuple[FamilyProfile, ...] = (flux.PROFILE, unet.SD15, unet.SDXL, qwen_image.PROFILE, chroma.PROFILE, sd3.PROFILE, z_image.PROFILE, flux2.PROFILE)
 
 
 def profile_of(patcher) -> FamilyProfile:

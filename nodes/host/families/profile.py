@@ -46,10 +46,19 @@ class FamilyProfile:
     flow_default: str = "shift"  # 'auto' timestep sampling: "shift" (by the model's own shift) or "sigmoid"
     demos: tuple[Demo, ...] = ()
     checkpointed: tuple[str, ...] | None = None  # block classes checkpointed one by one (None: `blocks`)
+    # (ss_base_model_version, modelspec.architecture) from the model's unet_config, for families
+    # whose trainers name each variant (SD3 medium / 3.5 medium / 3.5 large); None: the fixed pair
+    variant_names: Callable[[dict], tuple[str, str]] | None = None
 
     @property
     def checkpoint_blocks(self) -> tuple[str, ...]:
         return self.blocks if self.checkpointed is None else self.checkpointed
+
+    def names(self, model) -> tuple[str, str]:
+        """(ss_base_model_version, modelspec.architecture) of a MODEL of this family."""
+        if self.variant_names is None:
+            return self.base_model_version, self.architecture
+        return self.variant_names(model.model.model_config.unet_config)
 
     def preset(self, name: str) -> LayerFilter:
         if name not in self.presets:
