@@ -70,7 +70,7 @@ class RunRequest:
 
 
 def _crop_to_multiple(image: torch.Tensor, multiple: int = 16) -> torch.Tensor:
-    """Centre crop so the latent is whole and even (8x VAE, Flux's 2x2 patches)."""
+    """Centre crop so the latent is whole and its patches tile it (`host.pixel_multiple`)."""
     h, w = image.shape[:2]
     nh, nw = h - h % multiple, w - w % multiple
     if nh == 0 or nw == 0:
@@ -79,17 +79,18 @@ def _crop_to_multiple(image: torch.Tensor, multiple: int = 16) -> torch.Tensor:
     return image[top:top + nh, left:left + nw]
 
 
-def _training_pixels(dataset: Dataset, item) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _training_pixels(dataset: Dataset, item, multiple: int = 16) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The sample's image and loss weight at the size it trains at: its bucket, or (datasets
-    built from in-memory images) its own size cropped to a multiple of 16."""
+    built from in-memory images) its own size cropped to a multiple of `multiple` (the model's
+    `host.pixel_multiple`)."""
     image, weight, _ = load_sample_pixels(item)
     if dataset.masked_fill is not None and weight is not None:
         image = fill_background(image, weight, "colour", dataset.masked_fill)
     if dataset.buckets is not None:
         size = (int(image.shape[1]), int(image.shape[0]))
         return fit_to_bucket(image, weight, assign_bucket(size, dataset.buckets))
-    image = _crop_to_multiple(image)
-    return image, None if weight is None else _crop_to_multiple(weight.unsqueeze(-1))[..., 0]
+    image = _crop_to_multiple(image, multiple)
+    return image, None if weight is None else _crop_to_multiple(weight.unsqueeze(-1), multiple)[..., 0]
 
 
 def encode_samples(req: RunRequest, cache_captions: bool = True, progress=None) -> list[Sample]:
@@ -113,13 +114,17 @@ def encode_samples(req: RunRequest, cache_captions: bool = True, progress=None) 
         pooled = None if weight is None else pool_to_latent(weight[None, None], tuple(latent.shape[1:]))[0]
         return latent, pooled
 
+    multiple = host.pixel_multiple(req.model)
+    if dataset.buckets is not None and dataset.buckets.step % multiple:
+        raise ValueError(f"bucket_step {dataset.buckets.step}: this model trains on image sides that are "
+                         f"multiples of {multiple} (its VAE's downscale times its patch size)")
     samples = []
     for index, item in enumerate(dataset.samples):
         if host.interrupted():
             raise host.interrupt_exception()
         if progress is not None:
             progress.text(f"encoding the dataset: {index + 1}/{len(dataset.samples)}")
-        image, weight = _training_pixels(dataset, item)
+        image, weight = _training_pixels(dataset, item, multiple)
         latent, pooled = encode(image, weight)
         flipped = None
         if dataset.flip and item.flip_allowed:

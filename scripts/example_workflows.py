@@ -238,6 +238,38 @@ def sdxl_person_lora_lion(text_encoder_lr: float = 0.0):
     return g, note
 
 
+def qwen_image_person_lora():
+    g = Graph()
+    unet = g.add("UNETLoader", unet_name="qwen_image_fp8_e4m3fn.safetensors", weight_dtype="default")
+    clip = g.add("CLIPLoader", clip_name="qwen_2.5_vl_7b_fp8_scaled.safetensors", type="qwen_image", device="default")
+    vae = g.add("VAELoader", vae_name="qwen_image_vae.safetensors")
+    data = load_dataset(g, "lora_lab/person", 1024, min_side=512, max_side=2048)
+    captions = caption_template(g, [data, 0], "{trigger}, {caption}", mode="natural", trigger="Jane Doe",
+                                keep_tokens=0)
+    train(g, model=[unet, 0], clip=[clip, 0], vae=[vae, 0], dataset=[captions, 0], steps=1200, learning_rate=1e-4,
+          output_name="my_person_qwen_image",
+          network=network(g, "LoRA", 16, 16.0),
+          optimizer=optimizer(g, "AdamW8bit", batch_size=1),
+          save=save(g, every_n_epochs=2),
+          samples=samples(g, ["a photo of {trigger} smiling at a cafe table, natural light",
+                              "{trigger} in a red evening dress on a city street at night, a neon sign reads \"OPEN\"",
+                              "a photo of a man reading a newspaper on a bench"], "", "euler", "simple", 20, 2.5,
+                          1024, 1024))
+    note = (
+        "Qwen-Image person LoRA, rank 16, AdamW8bit (LoRA Lab).\n"
+        "Loads the usual Qwen-Image files: the diffusion model with Load Diffusion Model, Qwen2.5-VL with Load CLIP "
+        "(type qwen_image) and the Qwen-Image VAE (a Wan 2.1 VAE: its latents have a frame axis, handled "
+        "throughout). Load Dataset reads input/lora_lab/person: photos with natural-language captions in .txt "
+        "files beside them; Caption Template (natural mode) puts the person's name first, as Qwen-Image reads "
+        "whole sentences. Only the diffusion model trains: the text encoder is an LLM and is never trained "
+        "(keep the text-encoder learning rate at 0). Timesteps are shifted by the model's own sampling shift "
+        "(1.15, or an upstream ModelSampling node's), written to the file's metadata. A Qwen-Image-Edit "
+        "checkpoint loads as the same model and trains here as text-to-image (no reference images). "
+        "Change: the folder, the trigger name, the steps for your image count (1200 steps at batch 1 is 6 "
+        "epochs of 200 images); saves and samples every 2 epochs.")
+    return g, note
+
+
 WORKFLOWS = {
     "flux_single_image_masked_lora": flux_single_image_masked_lora,
     "flux_style_lora_single_image": flux_style_lora_single_image,
@@ -245,6 +277,7 @@ WORKFLOWS = {
     "sdxl_multi_concept_locon_prodigy": sdxl_multi_concept_locon_prodigy,
     "sdxl_person_lora_lion": sdxl_person_lora_lion,
     "sdxl_person_lora_lion_with_te": lambda: sdxl_person_lora_lion(text_encoder_lr=1e-5),
+    "qwen_image_person_lora": qwen_image_person_lora,
 }
 
 

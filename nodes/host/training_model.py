@@ -201,6 +201,13 @@ def latent_downscale(model) -> int:
     """Pixels per latent cell: 8 for SD/SDXL/Flux.1 VAEs, 16 for Flux.2's (latent format)."""
     return int(getattr(model.get_model_object("latent_format"), "spacial_downscale_ratio", 8))
 
+def pixel_multiple(model) -> int:
+    """Image sides the model trains on are multiples of this: whole latent cells that its patches
+    tile (VAE downscale x patch size: Flux.1 and Z-Image 8x2, Flux.2 16x1), and at least 16."""
+    patch = getattr(model.model.diffusion_model, "patch_size", 1)
+    patch = patch if isinstance(patch, int) else max(patch[-2:])
+    return max(16, latent_downscale(model) * patch)
+
 
 def encode_images(vae, model, pixels: torch.Tensor) -> torch.Tensor:
     """IMAGE (B,H,W,3) in [0,1] -> latents in the model's space (VAE output, then the model's

@@ -20,11 +20,11 @@ EXAMPLES = PACK_ROOT / "example_workflows"
 NAMES = sorted(example_workflows.WORKFLOWS)
 # Stock loaders' file inputs -> the models/ folder whose files their combos list.
 MODEL_FOLDERS = {"ckpt_name": "checkpoints", "unet_name": "diffusion_models", "clip_name1": "text_encoders",
-                 "clip_name2": "text_encoders", "vae_name": "vae"}
+                 "clip_name2": "text_encoders", "vae_name": "vae", "clip_name": "text_encoders"}
 # (loader, output slot) -> the Demo Model output (MODEL, CLIP, VAE) that stands in for it.
 DEMO_SLOT = {("CheckpointLoaderSimple", 0): 0, ("CheckpointLoaderSimple", 1): 1, ("CheckpointLoaderSimple", 2): 2,
-             ("UNETLoader", 0): 0, ("DualCLIPLoader", 0): 1, ("VAELoader", 0): 2}
-FAMILY = {"flux": "Flux", "sd15": "SD1.5", "sdxl": "SDXL"}  # by the workflow name's first word
+             ("UNETLoader", 0): 0, ("DualCLIPLoader", 0): 1, ("VAELoader", 0): 2, ("CLIPLoader", 0): 1}
+FAMILY = {"flux": "Flux", "sd15": "SD1.5", "sdxl": "SDXL", "qwen": "Qwen-Image"}  # by the workflow name's first word
 # The datasets the workflows name, in input/: kohya concept folders (name -> tags, image count) or
 # plain images with natural-language captions.
 CONCEPTS = {"lora_lab/1to2_characters": {"1_alice": ("red hair, smile", 2), "1_bella": ("blue hair, dress", 2),

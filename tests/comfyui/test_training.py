@@ -317,7 +317,7 @@ def test_dataset_flips_and_caption_variants_reach_training(host, loras_dir):
     assert any(not torch.equal(first, c[0]) for c in sample.cond_variants[1:])  # shuffled captions differ
 
 
-@pytest.mark.parametrize("family", ["Flux", "SD1.5"])
+@pytest.mark.parametrize("family", families.params(["Flux", "SD1.5", "Z-Image"]))
 def test_cancel_raised_inside_a_block_forward_saves_the_last_logged_step_and_resumes_exactly(
         host, comfy_nodes, loras_dir, family):
     """ComfyUI 0.33 raises Cancel from inside every cast layer's forward; here ComfyUI's own
@@ -336,7 +336,7 @@ def test_cancel_raised_inside_a_block_forward_saves_the_last_logged_step_and_res
     full = train(make_request(demo, dataset, steps=8, name="full", save=save))
 
     unet = demo.model.model.diffusion_model
-    block = unet.double_blocks[0] if family == "Flux" else unet.middle_block[1]
+    block = {"Flux": lambda: unet.double_blocks[0], "Z-Image": lambda: unet.layers[0]}.get(family, lambda: unet.middle_block[1])()
     calls = {"n": 0}
 
     def cancel_in_the_fifth_step(module, args, output):

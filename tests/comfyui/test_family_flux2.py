@@ -1,0 +1,107 @@
+"""Flux.2: what the shared family tests do not cover — its 16x VAE (128 channels) built through
+ComfyUI's detection, images of sides that are multiples of 16 but not 32 with masks pooled to the
+16x grid, guidance only where the model has a guidance embedding, the LLM text encoder refused,
+metadata names and the timestep shift ComfyUI samples Flux.2 with (Flux-style log-shift 2.02 =
+linear e^2.02)."""
+
+import math
+
+import pytest
+import torch
+
+from labtest import families
+from labtest.training import build_in_executor_mode, pattern_image
+
+KLEIN = families.params(["Flux.2 Klein"])
+
+
+def _train(request):
+    from comfyui_lora_lab.nodes import train_run
+
+    with torch.inference_mode(False):
+        return train_run.run(request)
+
+
+def _request(demo, image=None, mask=None, steps=2, **overrides):
+    from comfyui_lora_lab.nodes.train_run import RunRequest
+    from comfyui_lora_lab.training.dataset import Dataset, DatasetSample
+    from comfyui_lora_lab.training.settings import (NetworkSettings, ObjectiveSettings, OptimizerSettings,
+                                                    SaveSettings)
+
+    image = pattern_image() if image is None else image
+    dataset = Dataset(samples=(DatasetSample(image=image, caption="a photo of sks", concept="sks", mask=mask),), trigger="sks")
+    fields = dict(model=demo.model, clip=demo.clip, vae=demo.vae, dataset=dataset, steps=steps, learning_rate=1e-3,
+                  seed=0, output_name="flux2_lora", network=NetworkSettings(), optimizer=OptimizerSettings(),
+                  objective=ObjectiveSettings(), save=SaveSettings(precision="fp32"))
+    fields.update(overrides)
+    return RunRequest(**fields)
+
+
+@pytest.fixture
+def loras_dir(comfy_nodes, tmp_path):
+    import folder_paths
+
+    saved = folder_paths.folder_names_and_paths["loras"]
+    folder_paths.folder_names_and_paths["loras"] = ([str(tmp_path)], saved[1])
+    yield tmp_path
+    folder_paths.folder_names_and_paths["loras"] = saved
+
+
+@pytest.mark.parametrize("family", KLEIN)
+def test_flux2_trains_16x_latents_of_any_multiple_of_16_with_the_mask_on_the_latent_grid(host, loras_dir, family):
+    """A 48x80 image (3x5 latent cells of the 16x VAE; not a multiple of 32) trains as it is, its
+    mask area-averaged to the 3x5 grid; the resolution metadata is the image's own size."""
+    from safetensors import safe_open
+
+    from comfyui_lora_lab.nodes import train_run
+
+    demo = build_in_executor_mode(host, family)
+    assert host.latent_downscale(demo.model) == 16 and host.pixel_multiple(demo.model) == 16
+    image = pattern_image(size=96)[:80, :48].contiguous()
+    mask = torch.zeros(80, 48)
+    mask[:16, :16] = 1.0  # exactly the top-left latent cell
+    mask[16:24, 16:32] = 1.0  # half of the cell below-right of it
+    request = _request(demo, image=image, mask=mask)
+    with torch.inference_mode(False):
+        (sample,) = train_run.encode_samples(request)
+    assert sample.latent.shape == (128, 5, 3)
+    expected = torch.zeros(5, 3)
+    expected[0, 0], expected[1, 1] = 1.0, 0.5
+    assert torch.allclose(sample.weight.reshape(5, 3), expected)
+    result = _train(request)
+    with safe_open(str(result.lora_path), "pt") as f:
+        meta = f.metadata()
+    assert meta["ss_resolution"] == "48x80"
+    assert (meta["ss_base_model_version"], meta["modelspec.architecture"]) == ("flux2", "flux-2-dev/lora")
+    # ComfyUI samples Flux.2 with Flux's exponential shift mu = 2.02: the linear shift e^2.02
+    assert meta["ss_timestep_sampling"] == "shift"
+    assert float(meta["ss_discrete_flow_shift"]) == pytest.approx(math.exp(2.02), abs=1e-5)
+
+
+@pytest.mark.parametrize("family", KLEIN)
+def test_flux2_guidance_only_with_a_guidance_embedding(host, family):
+    """Klein has no guidance embedding (no guidance passed); a Flux.2 checkpoint with
+    `guidance_in` (the full model) gets the training guidance, which its extra_conds reads."""
+    from comfyui_lora_lab.nodes import demo_configs
+    from comfyui_lora_lab.nodes.host import TrainingModel, demo
+    from comfyui_lora_lab.nodes.host.families import flux2
+
+    klein = build_in_executor_mode(host, family)
+    with TrainingModel(klein.model, None, False, 1.0) as model:
+        assert model.guidance is None
+    size = {**demo_configs.FLUX2_KLEIN_UNET, "guidance_embed": True}
+    config = demo.detected_config(flux2.skeleton(size), size)
+    unet = config.get_model({}, "").diffusion_model
+    assert flux2.PROFILE.guidance(unet) and unet.params.guidance_embed
+    conds = config.get_model({}, "").extra_conds(cross_attn=torch.zeros(1, 4, size["context_in_dim"]), guidance=1.0,
+                                                 noise=torch.zeros(1, 128, 2, 2), device="cpu")
+    assert float(conds["guidance"].cond) == 1.0
+
+
+@pytest.mark.parametrize("family", KLEIN)
+def test_flux2_text_encoder_training_is_refused_with_the_reason(host, loras_dir, family):
+    from comfyui_lora_lab.training.settings import OptimizerSettings
+
+    demo = build_in_executor_mode(host, family)
+    with pytest.raises(ValueError, match="LLMs and are not trained"):
+        _train(_request(demo, optimizer=OptimizerSettings(text_encoder_lr=1e-4)))
