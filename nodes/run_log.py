@@ -22,10 +22,12 @@ class RunLog:
     saves: list[int] = field(default_factory=list)
     samples: list[dict] = field(default_factory=list)  # {step, images: [{filename, subfolder, type}]}
     status: str = "running"  # running | success | interrupted | error
+    memory: str = ""  # the memory mode that ran: `full` or `partial: N of M MB on the device`
 
     def as_dict(self) -> dict:
         return {"run": self.run_id, "node": self.node_id, "total": self.total, "started": self.started,
-                "steps": self.steps, "saves": self.saves, "samples": self.samples, "status": self.status}
+                "steps": self.steps, "saves": self.saves, "samples": self.samples, "status": self.status,
+                "memory": self.memory}
 
 
 _runs: dict[int, RunLog] = {}

@@ -7,7 +7,7 @@ from ..training.network import ALGORITHMS, NetworkConfig
 from ..training.objective import AUTO, FLOW_SAMPLERS, FlowTimesteps, SnrWeighting
 from ..training.optimizers import OPTIMIZERS, check_optimizer_args, optimizer_notes
 from ..training.schedulers import SCHEDULERS
-from ..training.settings import (TARGET_PRESETS, NetworkSettings, ObjectiveSettings, OptimizerSettings,
+from ..training.settings import (MEMORY_MODES, TARGET_PRESETS, NetworkSettings, ObjectiveSettings, OptimizerSettings,
                                  SampleSettings, SaveSettings, network_notes)
 from ..training.lora_file import SAVE_DTYPES, check_subfolder
 from ..training.train_state import SUFFIX as STATE_SUFFIX
@@ -90,6 +90,14 @@ class Optimizer(io.ComfyNode):
                 io.Float.Input("text_encoder_lr", default=0.0, min=0.0, max=10.0, step=1e-5,
                                tooltip="Learning rate of the CLIP text encoder(s) (0 = not trained; kohya guides use "
                                        "5e-4 on SD1.5). T5 is never trained."),
+                io.Combo.Input("memory_mode", options=list(MEMORY_MODES), default="auto", optional=True,
+                               tooltip="Where the frozen model weights live while training. auto: fully on the GPU "
+                                       "when they fit, else partially (the rest streamed per layer, as ComfyUI does "
+                                       "for sampling); full: always fully loaded; offload: partially loaded on "
+                                       "purpose (least VRAM, slower). fp8 checkpoints train in their stored type."),
+                io.Int.Input("keep_activations_blocks", default=0, min=0, max=1000, optional=True,
+                             tooltip="With gradient checkpointing: the first N transformer/UNet blocks keep their "
+                                     "activations instead of recomputing them (faster, more memory)."),
             ],
             outputs=[types.OptimizerConfig.Output(display_name="optimizer", tooltip="Optimizer settings for LoRA Lab Train.")],
         )
@@ -97,7 +105,7 @@ class Optimizer(io.ComfyNode):
     @classmethod
     def execute(cls, optimizer, optimizer_args, scheduler, warmup_steps, num_cycles, batch_size,
                 gradient_accumulation, max_grad_norm, scale_weight_norms, gradient_checkpointing,
-                text_encoder_lr=0.0) -> io.NodeOutput:
+                text_encoder_lr=0.0, memory_mode="auto", keep_activations_blocks=0) -> io.NodeOutput:
         try:
             check_optimizer_args(optimizer, optimizer_args)
         except ValueError as error:
@@ -106,7 +114,8 @@ class Optimizer(io.ComfyNode):
         ui = {"text": ["\n".join(f"Note: {n}" for n in notes)]} if notes else None
         return io.NodeOutput(OptimizerSettings(optimizer, optimizer_args, scheduler, warmup_steps, num_cycles,
                                                batch_size, gradient_accumulation, max_grad_norm, scale_weight_norms,
-                                               gradient_checkpointing, text_encoder_lr), ui=ui)
+                                               gradient_checkpointing, text_encoder_lr, memory_mode,
+                                               keep_activations_blocks), ui=ui)
 
 
 class Objective(io.ComfyNode):

@@ -67,6 +67,7 @@ class RunRequest:
     save: SaveSettings
     samples: SampleSettings | None = None
     node_id: str | None = None
+    memory_budget: int | None = None  # bytes of the model's weights on the device (tests, benchmarks); None: memory_mode
 
 
 def _crop_to_multiple(image: torch.Tensor, multiple: int = 16) -> torch.Tensor:
@@ -297,6 +298,13 @@ class _Reporter:
         self.progress.update(step)
         self.started = time.monotonic()
 
+    def memory(self, state: str, mode: str) -> None:
+        """Which memory mode ran: in the run log, the server log and the progress text."""
+        self.log.memory = state
+        logging.info("LoRA Lab: model memory %s (memory_mode %s)", state, mode)
+        self.progress.text(html.escape(f"model memory: {state} (memory_mode {mode})"))
+        self._event("memory", step=self.start_step, memory=state)
+
     def samples(self, step: int, images: torch.Tensor, name: str) -> None:
         entries = host.save_temp_images(images, f"loralab/{name}_step{step:06d}")
         self.log.samples.append({"step": step, "images": entries})
@@ -385,8 +393,13 @@ def _train(req: RunRequest, loop_config: LoopConfig, networks: AdapterSet, text_
         report.samples(step, images, saver.name)
         return images
 
+    if text_encoder is None:  # encodings cached: the encoders leave the device while the model trains
+        host.offload_from_device(req.clip, req.vae)
+    latent_shape = (opt.batch_size, *samples[0].latent.shape) if samples else None
     with host.TrainingModel(req.model, networks["unet"], opt.gradient_checkpointing, obj.training_guidance,
-                            text_encoder) as model:
+                            text_encoder, memory_mode=opt.memory_mode, memory_budget=req.memory_budget,
+                            keep_activations_blocks=opt.keep_activations_blocks, latent_shape=latent_shape) as model:
+        report.memory(model.memory, opt.memory_mode)
         optimizer = build_optimizer(opt.optimizer, _param_groups(networks, req), req.learning_rate, opt.optimizer_args)
         scheduler = build_scheduler(opt.scheduler, optimizer, req.steps, opt.warmup_steps, opt.num_cycles)
         trainer = Trainer(model, list(networks.parameters()), samples, loop_config, optimizer, scheduler, networks)

@@ -62,7 +62,7 @@ def _rank_for(module: nn.Module, config: NetworkConfig) -> tuple[int, float]:
 
 
 def _largest_rank(module: nn.Module) -> int:
-    if isinstance(module, nn.Linear):
+    if not isinstance(module, nn.Conv2d):  # a Linear, or a quantized linear layer of its shape
         return min(module.in_features, module.out_features)
     return min(module.out_channels, module.in_channels * module.kernel_size[0] * module.kernel_size[1])
 
@@ -110,6 +110,23 @@ def _dora_output(adapter, module, args, output):
 _HOOKS = {"GLoRA": _add_glora_output, "Diag-OFT": _add_oft_output, "DoRA": _dora_output}
 
 
+# Algorithms whose bypass difference needs nothing of the base layer but its shape: the only ones
+# trained on layers that are not a torch.nn.Linear (ComfyUI's quantized linear layers).
+SHAPE_ONLY = ("LoRA", "LoCon", "LoHa", "LoKr")
+
+
+def _lycoris_view(module: nn.Module, algorithm: str, name: str) -> nn.Module:
+    """The layer lycoris builds its adapter for: the layer itself, or for a linear layer that is
+    not a torch.nn.Linear (a quantized one) a weightless Linear of its shape."""
+    if isinstance(module, (nn.Linear, nn.Conv2d)):
+        return module
+    if algorithm not in SHAPE_ONLY:
+        raise ValueError(f"{algorithm} needs the base weight of layer {name}, which is quantized "
+                         f"({type(module).__module__}); train {', '.join(SHAPE_ONLY)} on it")
+    return nn.Linear(module.in_features, module.out_features, bias=getattr(module, "bias", None) is not None,
+                     device="meta")
+
+
 class AdapterNetwork(nn.Module):
     """One lycoris module per target layer, keyed by its file name prefix (e.g. `lora_unet_…`)."""
 
@@ -130,7 +147,7 @@ class AdapterNetwork(nn.Module):
                     continue
                 if config.algorithm in ("LoRA", "LoCon", "DoRA") and rank > _largest_rank(module):
                     raise ValueError(f"rank {rank} is larger than layer {name} allows ({_largest_rank(module)})")
-                adapters[name] = module_class(name, module, multiplier=1.0, lora_dim=rank, alpha=alpha,
+                adapters[name] = module_class(name, _lycoris_view(module, config.algorithm, name), multiplier=1.0, lora_dim=rank, alpha=alpha,
                                               dropout=config.dropout, bypass_mode=True,
                                               **MODULE_OPTIONS.get(config.algorithm, {}))
                 self._targets[name] = module

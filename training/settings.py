@@ -9,6 +9,11 @@ from .network import NetworkConfig
 from .objective import FlowTimesteps, SnrWeighting
 
 TARGET_PRESETS = ("attention", "attention+mlp", "all")
+# Where the frozen weights live while training (ComfyUI's model management loads them):
+# auto: fully loaded when they fit beside the training memory, partially otherwise (weights of
+# the rest streamed per layer, as ComfyUI samples); full: always fully loaded; offload: partially
+# loaded on purpose, as ComfyUI's built-in trainer's `offloading` does (least VRAM, slower).
+MEMORY_MODES = ("auto", "full", "offload")
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,14 @@ class OptimizerSettings:
     scale_weight_norms: float = 0.0
     gradient_checkpointing: bool = True
     text_encoder_lr: float = 0.0  # 0: the text encoder stays frozen (its encodings are cached)
+    memory_mode: str = "auto"  # one of MEMORY_MODES
+    keep_activations_blocks: int = 0  # with checkpointing: the first N blocks keep their activations
+
+    def __post_init__(self):
+        if self.memory_mode not in MEMORY_MODES:
+            raise ValueError(f"memory_mode must be one of {', '.join(MEMORY_MODES)}, not {self.memory_mode!r}")
+        if self.keep_activations_blocks < 0:
+            raise ValueError(f"keep_activations_blocks must be >= 0, not {self.keep_activations_blocks}")
 
 
 @dataclass(frozen=True)

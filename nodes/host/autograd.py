@@ -108,11 +108,13 @@ def _wrapped_forward(module, checkpoint: bool):
     return run
 
 
-def wrap_blocks(patcher, classes: tuple[str, ...], checkpoint: bool) -> None:
+def wrap_blocks(patcher, classes: tuple[str, ...], checkpoint: bool, keep_first: int = 0) -> None:
     """Every block of `classes` runs through `run_block` (checkpointed, or with copies of what
     autograd saves), as a patcher injection: the blocks' `forward` is replaced on the instances
     while this patcher is loaded and restored when it is unloaded — the shared module's other
-    users never see it. Blocks nested in a wrapped block are left to it."""
+    users never see it. Blocks nested in a wrapped block are left to it. With checkpointing, the
+    first `keep_first` blocks (in module order, which is the order the families run them) keep
+    their activations: no recompute for them, at the memory of their saved tensors."""
     from comfy.patcher_extension import PatcherInjection
 
     layers = []
@@ -121,8 +123,8 @@ def wrap_blocks(patcher, classes: tuple[str, ...], checkpoint: bool) -> None:
             layers.append(module)
 
     def inject(_):
-        for layer in layers:
-            layer.forward = _wrapped_forward(layer, checkpoint)
+        for index, layer in enumerate(layers):
+            layer.forward = _wrapped_forward(layer, checkpoint and index >= keep_first)
 
     def eject(_):
         for layer in layers:

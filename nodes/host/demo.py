@@ -14,7 +14,12 @@ import torch
 
 from .. import demo_configs
 
-_TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
+                 "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+# A scaled-fp8 checkpoint (`*_fp8_scaled`): e4m3fn weights with one float32 scale per linear layer
+# and a `scaled_fp8` marker key, loaded the way ComfyUI loads such a file.
+SCALED_FP8 = "fp8_scaled"
+FP8_E4M3_MAX = 448.0
 
 
 @dataclass
@@ -108,6 +113,47 @@ def _build_unet(model_config, weight_dtype: str, seed: int):
                                             offload_device=mm.unet_offload_device())
 
 
+def scaled_fp8_state_dict(diffusion_model: torch.nn.Module) -> dict:
+    """The diffusion model's state dict as a scaled-fp8 checkpoint stores it: every Linear's
+    weight as float8_e4m3fn of weight/scale with scale = max|weight|/448 in `<layer>.scale_weight`,
+    the rest as it is, plus the `scaled_fp8` marker."""
+    sd = {k: v.detach().clone() for k, v in diffusion_model.state_dict().items()}
+    for name, module in diffusion_model.named_modules():
+        if isinstance(module, torch.nn.Linear) and f"{name}.weight" in sd:
+            weight = sd[f"{name}.weight"].float()
+            scale = (weight.abs().max() / FP8_E4M3_MAX).clamp(min=1e-12)
+            sd[f"{name}.weight"] = (weight / scale).to(torch.float8_e4m3fn)
+            sd[f"{name}.scale_weight"] = scale.reshape(())
+    sd["scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
+    return sd
+
+
+def _load_scaled_fp8(model_config, sd: dict):
+    """A ModelPatcher of a scaled-fp8 state dict through ComfyUI's own route: 0.33 converts the
+    old format to its quantized layers (`convert_old_quants`, `quant_config`), older versions use
+    `model_config.scaled_fp8` (feature-detected)."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.utils
+
+    sd = dict(sd)
+    load_device = mm.get_torch_device()
+    supported = list(model_config.supported_inference_dtypes)
+    unet_dtype = mm.unet_dtype(supported_dtypes=supported)
+    if hasattr(comfy.utils, "convert_old_quants"):
+        sd, _ = comfy.utils.convert_old_quants(sd, "", metadata={})
+        model_config.quant_config = comfy.utils.detect_layer_quantization(sd, "")
+        manual_cast = mm.unet_manual_cast(None, load_device, supported)
+    else:
+        model_config.scaled_fp8 = sd.pop("scaled_fp8").dtype
+        manual_cast = mm.unet_manual_cast(unet_dtype, load_device, supported)
+    model_config.set_inference_dtype(unet_dtype, manual_cast)
+    model = model_config.get_model(sd, "")
+    model.load_model_weights(sd, "")
+    model = model.to(mm.unet_offload_device())
+    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
+
+
 def demo_families() -> list[str]:
     """The Demo Model's families on this ComfyUI (a family whose class it lacks is left out)."""
     from .families import demos
@@ -123,8 +169,12 @@ def build_demo_model(family: str, weight_dtype: str = "fp32", seed: int = 0) -> 
     available = demos()
     if family not in available:
         raise ValueError(f"family must be one of {', '.join(available)}, not {family!r}")
-    if weight_dtype not in _TORCH_DTYPES:
-        raise ValueError(f"weight_dtype must be one of {', '.join(_TORCH_DTYPES)}, not {weight_dtype!r}")
+    if weight_dtype not in _TORCH_DTYPES and weight_dtype != SCALED_FP8:
+        raise ValueError(f"weight_dtype must be one of {', '.join([*_TORCH_DTYPES, SCALED_FP8])}, not {weight_dtype!r}")
     recipe = available[family]
-    return DemoModel(model=_build_unet(recipe.model_config(), weight_dtype, seed), clip=recipe.clip(seed + 1),
-                     vae=recipe.vae(seed + 2))
+    if weight_dtype == SCALED_FP8:
+        full = _build_unet(recipe.model_config(), "fp32", seed)
+        unet = _load_scaled_fp8(recipe.model_config(), scaled_fp8_state_dict(full.model.diffusion_model))
+    else:
+        unet = _build_unet(recipe.model_config(), weight_dtype, seed)
+    return DemoModel(model=unet, clip=recipe.clip(seed + 1), vae=recipe.vae(seed + 2))

@@ -43,6 +43,84 @@ def unload(patcher) -> None:
     patcher.detach(unpatch_all=True)
 
 
+def _loaded(patcher):
+    import comfy.model_management as mm
+
+    return next((m for m in mm.current_loaded_models if m.model is patcher), None)
+
+
+def _load_with_budget(patcher, budget: int) -> None:
+    """`patcher` loaded through ComfyUI's LoadedModel with `budget` bytes of weights on its
+    device and the rest streamed per layer (ModelPatcher.load's lowvram_model_memory): the path
+    load_models_gpu takes when a model does not fit, also on a CPU (which ComfyUI itself always
+    loads fully). Other loaded clones of the same model are unloaded first, as ComfyUI does."""
+    import comfy.model_management as mm
+
+    if _loaded(patcher) is not None:
+        return
+    for other in list(mm.current_loaded_models):
+        if other.model is not None and patcher.is_clone(other.model):
+            mm.current_loaded_models.remove(other)
+            other.model_unload()
+    loaded = mm.LoadedModel(patcher)
+    loaded.model_load(max(int(budget), 1))
+    mm.current_loaded_models.insert(0, loaded)
+
+
+def load_for_training(patchers: list, mode: str = "auto", budget: int | None = None, memory_required: int = 0) -> None:
+    """Loads the patchers that training uses through ComfyUI's model management. `full`: fully
+    on the device; `auto`: ComfyUI decides as for sampling (full when the weights fit beside
+    `memory_required` bytes of training memory, partial otherwise); `offload`: partial on purpose,
+    as ComfyUI's own trainer's offloading asks (at most ComfyUI's minimum weight share of free
+    memory); `budget` (bytes, the diffusion model's only): exactly that much on the device."""
+    import comfy.model_management as mm
+
+    first, rest = patchers[0], patchers[1:]
+    if budget is not None:
+        _load_with_budget(first, budget)
+        if rest:
+            mm.load_models_gpu(rest)
+    elif mode == "full":
+        mm.load_models_gpu(patchers, force_full_load=True)
+    elif mode == "offload":
+        mm.load_models_gpu(patchers, memory_required=1e20)
+    else:
+        mm.load_models_gpu(patchers, memory_required=int(memory_required))
+
+
+def memory_state(patcher) -> str:
+    """`full`, or `partial: N of M MB on the device`, as ComfyUI loaded the patcher."""
+    total = patcher.model_size()
+    if not getattr(patcher.model, "model_lowvram", False):
+        return "full"
+    def mb(n):
+        return f"{n / 2**20:.{0 if n >= 100 * 2**20 else 1}f}"
+
+    return f"partial: {mb(patcher.loaded_size())} of {mb(total)} MB on the device"
+
+
+def offload_from_device(*objects) -> None:
+    """Takes CLIPs/VAEs (anything with a `.patcher`) off the device once their encodings are
+    cached: the diffusion model trains without them resident."""
+    import comfy.model_management as mm
+
+    patchers = {id(getattr(o, "patcher", None)) for o in objects if o is not None}
+    for loaded in list(mm.current_loaded_models):
+        if id(loaded.model) in patchers:
+            mm.current_loaded_models.remove(loaded)
+            loaded.model_unload()
+
+
+def training_memory_estimate(model, latent_shape) -> int:
+    """Bytes of training memory beside the weights for one micro-batch of `latent_shape`: ComfyUI's
+    own inference estimate for that input (BaseModel.memory_required), three times over for the
+    forward, the recompute and the backward of a checkpointed block."""
+    try:
+        return 3 * int(model.model.memory_required(list(latent_shape)))
+    except Exception:  # a model class without an estimate: ComfyUI's inference reserve only
+        return 0
+
+
 def _raw_output_sampling(model_sampling):
     """A copy of the model's sampling object whose calculate_denoised returns the raw network
     output (ε, v or flow velocity) instead of x0, so the loss is taken in the model's own
@@ -86,7 +164,9 @@ class TrainingModel:
     flags set. Nothing touches the input MODEL's patcher, and `close()` (or leaving the `with`
     block) undoes it all."""
 
-    def __init__(self, model, network, checkpointing: bool, guidance: float | None, text_encoder=None):
+    def __init__(self, model, network, checkpointing: bool, guidance: float | None, text_encoder=None,
+                 memory_mode: str = "auto", memory_budget: int | None = None, keep_activations_blocks: int = 0,
+                 latent_shape=None):
         self.profile = profile_of(model)
         self.base = self.profile.name
         self.family = prediction_family(model)
@@ -99,7 +179,8 @@ class TrainingModel:
         self.patcher.add_object_patch("model_sampling", _raw_output_sampling(model.get_model_object("model_sampling")))
         autograd.freeze_base_weights(self.patcher)
         if checkpointing or self.profile.copies_without_checkpointing:
-            autograd.wrap_blocks(self.patcher, self.profile.checkpoint_blocks, checkpoint=checkpointing)
+            autograd.wrap_blocks(self.patcher, self.profile.checkpoint_blocks, checkpoint=checkpointing,
+                                 keep_first=keep_activations_blocks)
         sampling = model.get_model_object("model_sampling")
         flow = type(self.family).__name__ == "Flow"
         self.sigma_table = None if flow else sampling.sigmas.detach().float().clone()
@@ -107,10 +188,17 @@ class TrainingModel:
         self.device = self.patcher.load_device
         self.text_encoder = text_encoder  # captions are then encoded every step, with gradients
         self._flags = contextlib.ExitStack()
+        self.memory_mode, self.memory_budget = memory_mode, memory_budget
+        self._memory_required = training_memory_estimate(model, latent_shape) if latent_shape is not None else 0
+        self.memory = "not loaded"  # after loading: `full` or `partial: N of M MB on the device`
 
     @property
     def _patchers(self) -> list:
         return [self.patcher] + ([self.text_encoder.patcher] if self.text_encoder is not None else [])
+
+    def _load(self) -> None:
+        load_for_training(self._patchers, self.memory_mode, self.memory_budget, self._memory_required)
+        self.memory = memory_state(self.patcher)
 
     def _ensure_loaded(self) -> None:
         """Loads (and so patches and injects) every patcher that training uses, unless they are
@@ -119,14 +207,12 @@ class TrainingModel:
 
         loaded = {id(m.model) for m in mm.current_loaded_models}
         if any(id(p) not in loaded or (p.injections and not p.is_injected) for p in self._patchers):
-            mm.load_models_gpu(self._patchers, force_full_load=True)
+            self._load()
 
     def __enter__(self):
-        import comfy.model_management as mm
-
         self._flags.enter_context(training_flags())
         try:
-            mm.load_models_gpu(self._patchers, force_full_load=True)
+            self._load()
             if self.network is not None:
                 self.network.to(self.device)
             if self.text_encoder is not None:
@@ -152,9 +238,7 @@ class TrainingModel:
 
     def reload(self) -> None:
         """Back on the device after another patcher of the same model (sampling) was loaded."""
-        import comfy.model_management as mm
-
-        mm.load_models_gpu(self._patchers, force_full_load=True)
+        self._load()
         for network in (self.network, self.text_encoder.network if self.text_encoder else None):
             if network is not None:
                 network.attach()
@@ -200,6 +284,7 @@ def sampling_shift(model) -> float:
 def latent_downscale(model) -> int:
     """Pixels per latent cell: 8 for SD/SDXL/Flux.1 VAEs, 16 for Flux.2's (latent format)."""
     return int(getattr(model.get_model_object("latent_format"), "spacial_downscale_ratio", 8))
+
 
 def pixel_multiple(model) -> int:
     """Image sides the model trains on are multiples of this: whole latent cells that its patches

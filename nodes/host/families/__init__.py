@@ -66,6 +66,14 @@ def blocks_of(patcher, profile: FamilyProfile | None = None) -> list[tuple[str, 
             if type(module).__name__ in profile.blocks]
 
 
+def _quantized_linear(layer) -> bool:
+    """ComfyUI 0.33's quantized linear layers (comfy/quant_ops.py: scaled fp8 and the rest) are
+    cast layers with a Linear's shape but no torch.nn.Linear."""
+    from comfy.ops import CastWeightBiasOp
+
+    return isinstance(layer, CastWeightBiasOp) and type(layer).__name__ == "Linear" and hasattr(layer, "in_features")
+
+
 def target_modules(patcher, preset: str) -> dict[str, torch.nn.Module]:
     """{file name prefix: layer} for the preset, every name loadable by the stock LoraLoader."""
     profile = profile_of(patcher)
@@ -75,7 +83,8 @@ def target_modules(patcher, preset: str) -> dict[str, torch.nn.Module]:
     for block_path, block in blocks_of(patcher, profile):
         block_class = type(block).__name__
         for path, layer in block.named_modules():
-            if not isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)) or not wanted(block_class, path):
+            if not (isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)) or _quantized_linear(layer)) \
+                    or not wanted(block_class, path):
                 continue
             key = f"diffusion_model.{block_path}.{path}.weight"
             if key not in names:
