@@ -49,7 +49,7 @@ SDXL_UNET = {**_UNET_COMMON, "adm_in_channels": CLIP_G["projection_dim"] + 6 * 2
              "num_classes": "sequential", "use_linear_in_transformer": True,
              "context_dim": CLIP_L["hidden_size"] + CLIP_G["hidden_size"], "num_head_channels": 16}
 
-WEIGHT_DTYPES = ("fp32", "bf16", "fp16")
+WEIGHT_DTYPES = ("fp32", "bf16", "fp16", "fp8_e4m3fn", "fp8_e5m2", "fp8_scaled")  # appended only
 
 # Qwen-Image: the language model of Qwen2.5-VL (its vision tower is never built for the demo).
 # head_dim is fixed at 128 by ComfyUI's config class; the vocabulary stays full (the tokenizer's
