@@ -10,7 +10,8 @@ JSON line per case (and, with --markdown, a table). See docs/benchmarks.md for w
 Shared by every run of a case:
 - the model: a ComfyUI-built Flux (bf16 weights, random but seeded) made by LoRA Lab's host
   adapter, under torch.inference_mode() the way a loader node runs in the executor; "tiny" is the
-  Demo Model node's Flux, "wide" the same build with a wider FLUX_UNET;
+  Demo Model node's Flux, "wide" the same build with a wider FLUX_UNET, "wide_z_image" the Z-Image
+  demo (0.33 only) widened the same way (Z_IMAGE_UNET);
 - compute in bf16: the model's compute dtype set to bf16 (ModelPatcher.set_model_compute_dtype)
   and its forward under torch.autocast(bf16), which is exactly what TrainLoraNode does itself;
 - per-block gradient checkpointing;
@@ -53,6 +54,11 @@ CASES = {
     "wide": {"flux": {"hidden_size": 1024, "num_heads": 8, "depth": 2, "depth_single_blocks": 2,
                       "axes_dim": [16, 56, 56], "context_in_dim": 64, "vec_in_dim": 32},
              "steps": 18},
+    # Z-Image's architecture (NextDiT, ComfyUI 0.33 only) at the wide Flux's width: two main layers
+    # and one noise and one caption refiner, heads of 128; the demo Qwen3 text encoder.
+    "wide_z_image": {"demo": "Z-Image", "config": "Z_IMAGE_UNET",
+                     "flux": {"dim": 1024, "n_heads": 8, "n_kv_heads": 8, "n_layers": 2, "n_refiner_layers": 1},
+                     "steps": 18},
 }
 
 
@@ -74,17 +80,19 @@ def _import_host():
     return host
 
 
-def _build_model(host, flux_changes: dict | None):
-    """The demo model the way a loader node makes it: inside inference mode. The wide case is the
-    same build (host.build_demo_model, ComfyUI's supported_models.Flux, host.randomize_module)
-    with the demo FLUX_UNET widened for the duration of the call."""
+def _build_model(host, case: str):
+    """The demo model the way a loader node makes it: inside inference mode. The wide cases are the
+    same build (host.build_demo_model, ComfyUI's supported_models class, host.randomize_module)
+    with the case's demo config (FLUX_UNET unless it names another) widened for the call."""
     import torch
     from unittest import mock
 
     from comfyui_lora_lab.nodes import demo_configs
 
-    with torch.inference_mode(), mock.patch.dict(demo_configs.FLUX_UNET, flux_changes or {}):
-        return host.build_demo_model("Flux", "bf16", SEED)
+    spec = CASES[case]
+    sizes = getattr(demo_configs, spec.get("config", "FLUX_UNET"))
+    with torch.inference_mode(), mock.patch.dict(sizes, spec["flux"] or {}):
+        return host.build_demo_model(spec.get("demo", "Flux"), "bf16", SEED)
 
 
 def _now() -> tuple[float, float]:
@@ -181,13 +189,13 @@ def native_has_bypass() -> bool:
     return any(getattr(i, "id", None) == "bypass_mode" for i in node.define_schema().inputs)
 
 
-def _register_loader(model, flux_changes: dict | None) -> None:
+def _register_loader(model, case: str) -> None:
     """0.33's TrainLoraNode trains on `clone(force_deepcopy=True)`, which rebuilds the model through
     the loader's `cached_patcher_init`; a model built without a loader registers the same build."""
     host = sys.modules["comfyui_lora_lab.nodes.host"]
 
     def rebuild(disable_dynamic=False):
-        rebuilt = _build_model(host, flux_changes).model
+        rebuilt = _build_model(host, case).model
         _as_loaded_to_device(rebuilt)  # what loading to a GPU makes of the loader's weights
         return rebuilt
 
@@ -195,7 +203,7 @@ def _register_loader(model, flux_changes: dict | None) -> None:
 
 
 def _run_native(host, model, latent, cond, steps: int, lora_dtype: str = "fp32", bypass: bool = False,
-                flux_changes: dict | None = None) -> list[tuple[float, float]]:
+                case: str = "tiny") -> list[tuple[float, float]]:
     """ComfyUI's TrainLoraNode called as the executor calls it (inside inference mode; the node
     leaves it itself): `train(...)` on 0.3.64, the V3 `execute` with list inputs on 0.33. Step ends
     come from a global optimizer-step hook: ComfyUI's code runs unchanged."""
@@ -215,7 +223,7 @@ def _run_native(host, model, latent, cond, steps: int, lora_dtype: str = "fp32",
             if hasattr(node, "train"):  # ComfyUI 0.3.64
                 node().train(model=model, latents={"samples": latent.unsqueeze(0)}, positive=[cond], **common)
             else:  # ComfyUI 0.33: V3, every input a list; its defaults for the rest, bypass as asked
-                _register_loader(model, flux_changes)
+                _register_loader(model, case)
                 defaults = {i.id: getattr(i, "default", None) for i in node.define_schema().inputs}
                 values = {**defaults, **common, "bypass_mode": bypass}
                 values.update(model=model, latents={"samples": latent.unsqueeze(0)}, positive=[cond])
@@ -241,7 +249,7 @@ def _run_bare(host, model, latent, cond, steps: int) -> list[tuple[float, float]
             for step in range(steps):
                 g = torch.Generator().manual_seed(SEED * 1_000_003 + step + 7)
                 noise = torch.randn(x0.shape, generator=g)
-                sigma = sample_flow_sigmas(FlowTimesteps(), 1, tuple(x0.shape[-2:]), g).float()
+                sigma = sample_flow_sigmas(FlowTimesteps(sampling="sigmoid"), 1, tuple(x0.shape[-2:]), g).float()
                 noisy = family.noisy(x0, noise, sigma).requires_grad_(True)
                 pred = predictor.predict(noisy, sigma, [cond])
                 loss = per_sample_loss(pred, family.target(x0, noise, sigma)).mean()
@@ -256,7 +264,7 @@ def child(case: str, impl: str, steps: int, native_lora_dtype: str) -> None:
 
     torch.set_num_threads(1)
     host = _import_host()
-    demo = _build_model(host, CASES[case]["flux"])
+    demo = _build_model(host, case)
     with torch.inference_mode():  # the executor's conditions: encoder outputs and latents are inference tensors
         cond = host.encode_caption(demo.clip, CAPTION)
         latent = torch.randn(LATENT_SHAPE, generator=torch.Generator().manual_seed(SEED))
@@ -268,7 +276,7 @@ def child(case: str, impl: str, steps: int, native_lora_dtype: str) -> None:
     load_before = os.getloadavg()[0]
     if impl.startswith("native"):
         ends = _run_native(host, demo.model, latent, cond, steps, native_lora_dtype, bypass=impl == "native_bypass",
-                           flux_changes=CASES[case]["flux"])
+                           case=case)
     else:
         ends = {"ours": _run_ours, "bare": _run_bare}[impl](host, demo.model, latent, cond, steps)
     if len(ends) != steps:
