@@ -66,6 +66,16 @@ def test_training_one_image_makes_the_lora_predict_it_better(host, loras_dir, fa
     before = eval_loss(host, demo.model, samples)
     after = eval_loss(host, host.apply_lora(demo.model, result.tensors), samples)
     assert after < 0.9 * before, (before, after)
+    from safetensors import safe_open
+
+    with safe_open(str(result.lora_path), "pt") as f:
+        assert f.metadata()["ss_base_model_version"] == families.EXPECT[family].base_model_version
+
+
+@pytest.mark.parametrize("family, architecture", [("Flux", "flux-1-dev/lora"), ("Flux.1 schnell", "flux-1-schnell/lora")])
+def test_flux_files_name_dev_or_schnell_as_kohya_does(host, family, architecture):
+    demo = build_in_executor_mode(host, family)
+    assert host.profile_of(demo.model).names(demo.model) == ("flux1", architecture)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -51,5 +51,7 @@ PROFILE = FamilyProfile(
     presets=PRESETS, base_model_version="flux1", architecture="flux-1-dev/lora",
     implementation="https://github.com/black-forest-labs/flux", text_encoders={"clip_l": "lora_te1_"},
     text_encoder_note="T5 is not trained", flow_default="sigmoid",
+    # kohya's modelspec names schnell (no guidance embedding) apart from dev
+    variant_names=lambda cfg: ("flux1", "flux-1-dev/lora" if cfg.get("guidance_embed") else "flux-1-schnell/lora"),
     guidance=lambda unet: bool(getattr(unet.params, "guidance_embed", False)),
     demos=(_demo("Flux", True), _demo("Flux.1 schnell", False)))
