@@ -33,11 +33,18 @@ def available() -> list[str]:
     return _available
 
 
-def params(families: list[str]) -> list:
-    """pytest params: each family, marked not applicable where this ComfyUI lacks it (no ComfyUI at
-    all: the whole tier is skipped anyway)."""
+def params(cases: list) -> list:
+    """pytest params: each case (a family label, or a tuple whose first item is one), marked not
+    applicable where this ComfyUI lacks that family (no ComfyUI at all: the whole tier is skipped
+    anyway)."""
     have = available()
-    return [pytest.param(f, marks=pytest.mark.not_applicable(f)) if have and f not in have else f for f in families]
+    out = []
+    for case in cases:
+        family = case[0] if isinstance(case, tuple) else case
+        values = case if isinstance(case, tuple) else (case,)
+        out.append(pytest.param(*values, marks=pytest.mark.not_applicable(family)) if have and family not in have
+                   else case)
+    return out
 
 
 # What each family's files and latents must look like, independent of the code under test: the
