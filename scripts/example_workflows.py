@@ -246,10 +246,13 @@ def qwen_image_person_lora():
     data = load_dataset(g, "lora_lab/person", 1024, min_side=512, max_side=2048)
     captions = caption_template(g, [data, 0], "{trigger}, {caption}", mode="natural", trigger="Jane Doe",
                                 keep_tokens=0)
+    opt = optimizer(g, "AdamW8bit", batch_size=1)
+    # auto: the 20B model fully on the GPU when it fits, else partially loaded and streamed per layer.
+    g[opt]["inputs"].update(memory_mode="auto", keep_activations_blocks=0)
     train(g, model=[unet, 0], clip=[clip, 0], vae=[vae, 0], dataset=[captions, 0], steps=1200, learning_rate=1e-4,
           output_name="my_person_qwen_image",
           network=network(g, "LoRA", 16, 16.0),
-          optimizer=optimizer(g, "AdamW8bit", batch_size=1),
+          optimizer=opt,
           save=save(g, every_n_epochs=2),
           samples=samples(g, ["a photo of {trigger} smiling at a cafe table, natural light",
                               "{trigger} in a red evening dress on a city street at night, a neon sign reads \"OPEN\"",
