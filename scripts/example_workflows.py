@@ -58,7 +58,7 @@ def optimizer(g: Graph, name: str, batch_size: int, optimizer_args: str = "", gr
     return g.add("LoRALabOptimizer", optimizer=name, optimizer_args=optimizer_args, scheduler="cosine",
                  warmup_steps=0, num_cycles=1, batch_size=batch_size, gradient_accumulation=gradient_accumulation,
                  max_grad_norm=1.0, scale_weight_norms=0.0, gradient_checkpointing=True,
-                 text_encoder_lr=text_encoder_lr)
+                 text_encoder_lr=text_encoder_lr, memory_mode="auto", keep_activations_blocks=0)
 
 
 def save(g: Graph, every_n_epochs: int, precision: str = "bf16") -> str:
@@ -273,6 +273,49 @@ def qwen_image_person_lora():
     return g, note
 
 
+def _single_image_masked(loaders: dict, name: str, sample_steps: int, note: str):
+    """Seed 003's single-image masked character recipe (the Flux example's graph: rank 4, 400 steps
+    at 512 px, saves and samples every 100 steps and at step 0) on another family's loaders."""
+    args = parse_args(["--unet", "x", "--name", name, "--write-workflow", "-"])
+    args.sample_steps = sample_steps
+    prompt = example_prompt(args)
+    prompt.update(loaders)
+    return prompt, note
+
+
+def zimage_single_image_masked_lora():
+    loaders = {"1": {"class_type": "UNETLoader", "inputs": {"unet_name": "z_image_turbo_bf16.safetensors",
+                                                            "weight_dtype": "default"}},
+               "2": {"class_type": "CLIPLoader", "inputs": {"clip_name": "qwen_3_4b.safetensors", "type": "lumina2",
+                                                            "device": "default"}},
+               "3": {"class_type": "VAELoader", "inputs": {"vae_name": "ae.safetensors"}}}
+    note = ("Z-Image Turbo single-image masked character LoRA (LoRA Lab), seed 003's recipe on Z-Image.\n"
+            "LoadImage -> Dataset From Images (LoadImage alpha: the transparent background is left out of the "
+            "loss) -> Train: rank 4, 400 steps at 512 px, saving and sampling every 100 steps and at step 0 -- pick "
+            "the earliest checkpoint that has the character before the single pose sticks. Loads the usual Z-Image "
+            "files: the diffusion model with Load Diffusion Model, Qwen3-4B with Load CLIP (type lumina2), the Flux "
+            "VAE. Only the diffusion model trains (the text encoder is an LLM). Timesteps: sigmoid shifted by the "
+            "model's own sampling shift (3.0), written to the file. Samples: 8 steps at cfg 1 (Turbo). Change: the "
+            "image (a PNG with a transparent background), the trigger word and caption, the model files.")
+    return _single_image_masked(loaders, "my_zimage_lora", 8, note)
+
+
+def flux2_klein_single_image_masked_lora():
+    loaders = {"1": {"class_type": "UNETLoader", "inputs": {"unet_name": "flux-2-klein-4b.safetensors",
+                                                            "weight_dtype": "default"}},
+               "2": {"class_type": "CLIPLoader", "inputs": {"clip_name": "qwen_3_4b.safetensors", "type": "flux2",
+                                                            "device": "default"}},
+               "3": {"class_type": "VAELoader", "inputs": {"vae_name": "flux2-vae.safetensors"}}}
+    note = ("Flux.2 Klein single-image masked character LoRA (LoRA Lab), seed 003's recipe on Flux.2 Klein.\n"
+            "LoadImage -> Dataset From Images (LoadImage alpha) -> Train: rank 4, 400 steps at 512 px, saving and "
+            "sampling every 100 steps and at step 0. Loads the usual Klein files: the diffusion model with Load "
+            "Diffusion Model, Qwen3-4B with Load CLIP (type flux2), the Flux.2 VAE (16x, 128 latent channels: image "
+            "sides are cropped to multiples of 16). Only the diffusion model trains. Timesteps: sigmoid shifted by "
+            "the model's own sampling shift (ComfyUI's 2.02 is a log-shift: e^2.02), written to the file. Samples: "
+            "4 steps at cfg 1 (distilled). Change: the image, the trigger word and caption, the model files.")
+    return _single_image_masked(loaders, "my_flux2_klein_lora", 4, note)
+
+
 WORKFLOWS = {
     "flux_single_image_masked_lora": flux_single_image_masked_lora,
     "flux_style_lora_single_image": flux_style_lora_single_image,
@@ -280,6 +323,8 @@ WORKFLOWS = {
     "sdxl_multi_concept_locon_prodigy": sdxl_multi_concept_locon_prodigy,
     "sdxl_person_lora_lion": sdxl_person_lora_lion,
     "sdxl_person_lora_lion_with_te": lambda: sdxl_person_lora_lion(text_encoder_lr=1e-5),
+    "zimage_single_image_masked_lora": zimage_single_image_masked_lora,
+    "flux2_klein_single_image_masked_lora": flux2_klein_single_image_masked_lora,
     "qwen_image_person_lora": qwen_image_person_lora,
 }
 
