@@ -1,26 +1,42 @@
-"""Peak memory and step time of LoRA Lab training on full-size architectures with random weights
-(Flux.1-dev here), per weight type, resolution and memory mode; one JSON line per run.
+"""Peak memory and step time of LoRA Lab training, and of ComfyUI 0.33's TrainLoraNode, on a
+full-size architecture with random weights (Flux.1-dev here), per weight type, resolution and
+memory mode; one JSON line per run, each run in its own process.
 
-    python benchmarks/gpu_memory.py --tiny                       # CPU, demo widths (CI)
-    python benchmarks/gpu_memory.py --weights fp8_e4m3fn --sizes 512,1024 --reserve-vram-gb 123
+    python benchmarks/gpu_memory.py --tiny                                  # CPU, demo widths (CI)
+    python benchmarks/gpu_memory.py --weights fp8_e4m3fn --sizes 512,1024 --usable-vram-gb 16 \\
+        --jsonl gpu_bench.jsonl --markdown gpu_bench.md                     # a GPU
 
-The model is the Demo Model's Flux built through ComfyUI's own detection and classes at the
-architecture's real sizes (FLUX1_DEV below), weights random, stored in the chosen type; the
-conditioning is random at the real widths (256 T5 tokens, CLIP-L pooled). Rank 16, batch 1, AdamW,
-per-block checkpointing, compute in bf16 on a GPU (fp32 on a CPU). `--reserve-vram-gb` sets
-ComfyUI's reserved VRAM (its --reserve-vram) so that a large card behaves like a smaller one and
-`auto` loads partially. Reported: peak torch.cuda.max_memory_allocated and reserved (MB), the
-median step time after WARMUP steps, and the memory state the run reported.
+The model is the Demo Model's Flux recipe (ComfyUI's own detection and classes) at the
+architecture's real sizes (FLUX1_DEV below), built directly on the GPU (12 B parameters: random
+weights drawn there, in the chosen storage type), then moved to ComfyUI's offload device (the CPU),
+where a loader leaves it; ComfyUI's model management then loads it for training as it would a
+checkpoint. The conditioning is random at the real widths (256 T5 tokens, CLIP-L pooled). Rank 16,
+batch 1, AdamW, per-block gradient checkpointing, compute in bf16 on a GPU (fp32 on a CPU).
 
-Not yet here (see docs/benchmarks.md): ComfyUI 0.33's TrainLoraNode for comparison, and the
-Flux.2 Klein, Z-Image and Qwen-Image architectures.
+Runs (`--runs`, `impl:mode`):
+- `ours:auto|full|offload`: LoRA Lab's TrainingModel in that memory mode (nodes/host/training_model.py);
+- `native:offload` / `native:default`: ComfyUI's TrainLoraNode with `offloading` on / off (its
+  default), its other inputs at their defaults except rank, steps, optimizer, bf16 training and
+  checkpointing (ComfyUI versions without the `offloading` input give an `unsupported` row).
+
+`--usable-vram-gb N` sets ComfyUI's reserved VRAM (its --reserve-vram,
+comfy.model_management.EXTRA_RESERVED_VRAM) to the card's total minus N GiB, so that a large card
+behaves like an N GiB one; `--reserve-vram-gb` sets it directly. ComfyUI is imported in-process
+without its dynamic VRAM (comfy-aimdo): LoRA Lab trains a dynamic MODEL through its non-dynamic
+delegate anyway (benchmarks/gpu/dynamic_check.py checks that on a GPU).
+
+Reported per run: peak torch.cuda.max_memory_allocated and max_memory_reserved (MB) from the start
+of training, the median step time after WARMUP steps, the memory state ComfyUI loaded the model in,
+the last loss, and whether the peak reserved memory stayed within the usable VRAM.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,9 +47,14 @@ FLUX1_DEV = {"hidden_size": 3072, "num_heads": 24, "depth": 19, "depth_single_bl
 TOKENS = 256
 RANK = 16
 WARMUP = 2
+SEED = 0
+LEARNING_RATE = 1e-4
+RESULT_PREFIX = "GPU_MEMORY_RESULT "
+RUNS = ("ours:auto", "ours:offload", "native:offload", "native:default")
+TINY_PX = 64  # --tiny trains 64x64-pixel latents (8x8) whatever --sizes says
 
 
-def _import_host():
+def _import_host(cpu: bool):
     sys.path.insert(0, str(REPO / "tests"))
     from labtest import find_comfyui, register_pack
     from labtest.inprocess import import_comfyui
@@ -41,42 +62,98 @@ def _import_host():
     comfy_dir = find_comfyui()
     if comfy_dir is None:
         raise SystemExit("no ComfyUI source tree found: set COMFYUI_PATH")
-    import_comfyui(comfy_dir)
+    import_comfyui(comfy_dir, cpu=cpu)
     register_pack()
     from comfyui_lora_lab.nodes import host
 
     return host
 
 
-def run(host, weights: str, size: int, mode: str, steps: int, tiny: bool) -> dict:
+def _randomize_on(module, seed: int) -> None:
+    """randomize_module's distribution (N(0, 1/fan_in) weights, small biases, unit scales), drawn
+    on each tensor's own device: 12 B parameters are drawn in seconds on a GPU."""
+    import torch
+
+    generators = {}
+    with torch.no_grad():
+        for name, tensor in sorted(module.state_dict(keep_vars=True).items()):
+            if not tensor.is_floating_point():
+                continue
+            if tensor.device not in generators:
+                generators[tensor.device] = torch.Generator(tensor.device).manual_seed(seed)
+            gen = generators[tensor.device]
+            if tensor.ndim >= 2:
+                values = torch.randn(tensor.shape, generator=gen, device=tensor.device) / tensor[0].numel() ** 0.5
+            elif name.endswith("bias"):
+                values = torch.randn(tensor.shape, generator=gen, device=tensor.device) * 0.02
+            else:
+                values = torch.ones(tensor.shape, device=tensor.device)
+            tensor.copy_(values.to(tensor.dtype))
+            del values
+
+
+def build_unet(host, sizes: dict, weights: str, build_device):
+    """A ModelPatcher of the Demo Model's Flux at `sizes`, built and randomised on
+    `build_device`, then moved to ComfyUI's offload device as a loader leaves a model."""
     import torch
     from unittest import mock
 
     import comfy.model_management as mm
+    import comfy.model_patcher
     from comfyui_lora_lab.nodes import demo_configs
-    from comfyui_lora_lab.training.network import AdapterNetwork, NetworkConfig
+    from comfyui_lora_lab.nodes.host.demo import _TORCH_DTYPES
 
-    sizes = {} if tiny else FLUX1_DEV
-    with torch.inference_mode(), mock.patch.dict(demo_configs.FLUX_UNET, sizes):
-        demo = host.build_demo_model("Flux", weights, 0)
-    unet = demo_configs.FLUX_UNET | sizes
-    model = demo.model
-    device = model.load_device
-    cuda = device.type == "cuda"
-    if cuda:
-        model = model.clone()
-        model.set_model_compute_dtype(torch.bfloat16)
-        torch.cuda.reset_peak_memory_stats()
-    network = AdapterNetwork(host.target_modules(model, "attention+mlp"), NetworkConfig("LoRA", RANK, RANK), seed=0)
-    latent_size = (64 if tiny else size) // 8
-    g = torch.Generator().manual_seed(0)
-    x0 = torch.randn(1, 16, latent_size, latent_size, generator=g)
+    with mock.patch.dict(demo_configs.FLUX_UNET, sizes):
+        config = host.demos()["Flux"].model_config()
+    dtype = _TORCH_DTYPES[weights]
+    load_device = mm.get_torch_device()
+    config.set_inference_dtype(dtype, mm.unet_manual_cast(dtype, load_device, config.supported_inference_dtypes))
+    model = config.get_model({}, "", device=build_device)
+    _randomize_on(model.diffusion_model, SEED)
+    model = model.to(mm.unet_offload_device())
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
+
+
+def _inputs(unet: dict, px: int):
+    import torch
+
+    g = torch.Generator().manual_seed(SEED)
+    x0 = torch.randn(1, 16, px // 8, px // 8, generator=g)
     cond = [torch.randn(1, TOKENS, unet["context_in_dim"], generator=g),
             {"pooled_output": torch.randn(1, unet["vec_in_dim"], generator=g)}]
-    times = []
+    return x0, cond, g
+
+
+def _loaded_state(module) -> str:
+    """The memory state of the loaded patcher (any clone) that holds `module`."""
+    import comfy.model_management as mm
+
+    from comfyui_lora_lab.nodes.host.training_model import memory_state
+
+    for loaded in mm.current_loaded_models:
+        if loaded.model is not None and loaded.model.model is module:
+            return memory_state(loaded.model)
+    return "unknown"
+
+
+def _run_ours(host, patcher, unet: dict, px: int, mode: str, steps: int, cuda: bool):
+    import torch
+
+    from comfyui_lora_lab.training.network import AdapterNetwork, NetworkConfig
+
+    model = patcher.clone()
+    if cuda:
+        model.set_model_compute_dtype(torch.bfloat16)
+    x0, cond, g = _inputs(unet, px)
+    network = AdapterNetwork(host.target_modules(model, "attention+mlp"), NetworkConfig("LoRA", RANK, RANK), seed=SEED)
+    device = model.load_device
+    times, loss = [], None
     with torch.inference_mode(False), host.TrainingModel(model, network, True, 1.0, memory_mode=mode,
                                                          latent_shape=tuple(x0.shape)) as tm:
-        optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4)
+        optimizer = torch.optim.AdamW(network.parameters(), lr=LEARNING_RATE)
         x0, noise = x0.to(device), torch.randn(x0.shape, generator=g).to(device)
         for _ in range(steps):
             start = time.perf_counter()
@@ -87,42 +164,218 @@ def run(host, weights: str, size: int, mode: str, steps: int, tiny: bool) -> dic
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            loss = float(loss.detach())
             if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
         memory = tm.memory
-    result = {"arch": "flux1-dev" if not tiny else "flux-tiny", "weights": weights, "px": size, "rank": RANK,
-              "impl": "ours", "memory_mode": mode, "memory": memory, "loss": float(loss),
-              "step_s": statistics.median(times[WARMUP:] or times), "device": str(device),
-              "reserved_vram_gb": mm.extra_reserved_memory() / 2**30 if cuda else None}
+    return times, loss, memory
+
+
+def native_node():
+    """ComfyUI's TrainLoraNode when it has the `offloading` input (0.33), else None."""
+    from comfy_extras.nodes_train import TrainLoraNode
+
+    if not hasattr(TrainLoraNode, "define_schema"):
+        return None
+    ids = {getattr(i, "id", None) for i in TrainLoraNode.define_schema().inputs}
+    return TrainLoraNode if "offloading" in ids else None
+
+
+def _run_native(host, patcher, unet: dict, px: int, mode: str, steps: int, cuda: bool):
+    """TrainLoraNode called as the executor calls it (V3 `execute`, every input a list, inside
+    inference mode; the node leaves it itself). Its `clone(force_deepcopy=True)` rebuilds the model
+    through the loader's cached_patcher_init; here that returns the same (not yet loaded) module,
+    which this process uses for nothing else. Step times come from a global optimizer-step hook."""
+    import torch
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    import comfy.model_patcher
+
+    node = native_node()
+    module = patcher.model
+    load_device, offload_device = patcher.load_device, patcher.offload_device
+    patcher.cached_patcher_init = (
+        lambda disable_dynamic=False: comfy.model_patcher.ModelPatcher(module, load_device=load_device,
+                                                                       offload_device=offload_device), ())
+    x0, cond, _ = _inputs(unet, px)
+    values = {i.id: getattr(i, "default", None) for i in node.define_schema().inputs}
+    values.update(batch_size=1, steps=steps, grad_accumulation_steps=1, learning_rate=LEARNING_RATE, rank=RANK,
+                  optimizer="AdamW", loss_function="MSE", seed=SEED, training_dtype="bf16",
+                  gradient_checkpointing=True, offloading=mode == "offload", existing_lora="[None]",
+                  model=patcher, latents={"samples": x0}, positive=[cond])
+    ends: list[float] = []
+    memory: list[str] = []
+    hook = register_optimizer_step_post_hook(lambda optimizer, args, kwargs: (
+        torch.cuda.synchronize() if cuda else None, ends.append(time.perf_counter()),
+        memory.append(_loaded_state(module)) if not memory else None))
+    try:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = node.execute(**{name: [value] for name, value in values.items()})
+    finally:
+        hook.remove()
+    times = [b - a for a, b in zip([start] + ends[:-1], ends)]
+    loss = None
+    try:
+        losses = out.result[1]["loss"]
+        loss = float(losses[-1]) if losses else None
+    except Exception:  # an older output shape: the loss stays unknown
+        pass
+    return times, loss, memory[0] if memory else "unknown"
+
+
+def child(weights: str, px: int, impl: str, mode: str, steps: int, tiny: bool,
+          usable_vram_gb: float | None, reserve_vram_gb: float | None) -> dict:
+    import torch
+
+    cuda = torch.cuda.is_available() and not tiny
+    started = time.perf_counter()
+    host = _import_host(cpu=not cuda)
+    import comfy.model_management as mm
+
+    device = mm.get_torch_device()
+    row = {"arch": "flux-tiny" if tiny else "flux1-dev", "weights": weights, "px": TINY_PX if tiny else px,
+           "rank": RANK, "impl": impl, "memory_mode": mode, "device": str(device),
+           "torch": torch.__version__, "comfyui": host.comfyui_version()}
     if cuda:
-        result["peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        result["peak_reserved_mb"] = torch.cuda.max_memory_reserved() / 2**20
-    return result
+        total = mm.get_total_memory(device)
+        if usable_vram_gb is not None:
+            mm.EXTRA_RESERVED_VRAM = max(0, int(total - usable_vram_gb * 2**30))
+        elif reserve_vram_gb is not None:
+            mm.EXTRA_RESERVED_VRAM = int(reserve_vram_gb * 2**30)
+        row.update(gpu=torch.cuda.get_device_name(device), total_vram_gb=round(total / 2**30, 2),
+                   reserved_vram_gb=round(mm.extra_reserved_memory() / 2**30, 2),
+                   usable_vram_gb=round((total - mm.extra_reserved_memory()) / 2**30, 2))
+    if impl == "native" and native_node() is None:
+        return {**row, "unsupported": "this ComfyUI's TrainLoraNode has no offloading input"}
+    sizes = {} if tiny else FLUX1_DEV
+    unet = {**__import__("comfyui_lora_lab.nodes.demo_configs", fromlist=["FLUX_UNET"]).FLUX_UNET, **sizes}
+    build_start = time.perf_counter()
+    # A loader node runs inside inference mode (ours trains on such weights); TrainLoraNode's
+    # rebuild of the model runs outside it, so its weights are normal tensors.
+    with torch.inference_mode(impl == "ours"):
+        patcher = build_unet(host, sizes, weights, device)
+    row["build_s"] = round(time.perf_counter() - build_start, 1)
+    row["params_b"] = round(sum(p.numel() for p in patcher.model.diffusion_model.parameters()) / 1e9, 3)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    run = _run_ours if impl == "ours" else _run_native
+    times, loss, memory = run(host, patcher, unet, row["px"], mode, steps, cuda)
+    row.update(memory=memory, loss=loss, steps=len(times), step_s=statistics.median(times[WARMUP:] or times),
+               steps_s=[round(t, 3) for t in times])
+    if cuda:
+        row["peak_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
+        row["peak_reserved_mb"] = round(torch.cuda.max_memory_reserved() / 2**20)
+        row["within_usable_vram"] = row["peak_reserved_mb"] <= row["usable_vram_gb"] * 1024
+    row["process_s"] = round(time.perf_counter() - started, 1)
+    return row
+
+
+# --- parent: one process per run ----------------------------------------------------------------
+
+def run_child(args, weights: str, px: int, run: str, timeout: float) -> dict:
+    impl, mode = run.split(":")
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", f"{weights},{px},{impl},{mode}",
+           "--steps", str(args.steps)]
+    if args.tiny:
+        cmd.append("--tiny")
+    if args.usable_vram_gb is not None:
+        cmd += ["--usable-vram-gb", str(args.usable_vram_gb)]
+    if args.reserve_vram_gb is not None:
+        cmd += ["--reserve-vram-gb", str(args.reserve_vram_gb)]
+    base = {"weights": weights, "px": TINY_PX if args.tiny else px, "impl": impl, "memory_mode": mode}
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as error:
+        tail = (error.stderr or b"")[-1500:]
+        sys.stderr.write(tail.decode(errors="replace") if isinstance(tail, bytes) else tail)
+        return {**base, "error": f"timed out after {timeout:.0f} s"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stdout[-2000:] + proc.stderr[-6000:])
+        last = [line for line in proc.stderr.strip().splitlines() if line.strip()][-1:] or [f"exit {proc.returncode}"]
+        return {**base, "error": f"exit {proc.returncode}: {last[0]}"[:300]}
+    return json.loads(lines[-1][len(RESULT_PREFIX):])
+
+
+def _cell(row: dict, key: str, fmt: str = "{}") -> str:
+    value = row.get(key)
+    return "" if value is None else fmt.format(value)
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ("| weights | px | impl | memory mode | peak allocated MB | peak reserved MB | within usable VRAM | "
+            "step s (median) | memory state | loss | note |")
+    out = [head, "|" + "---|" * (head.count(" | ") + 1)]
+    for r in rows:
+        note = r.get("error") or r.get("unsupported") or r.get("skipped") or ""
+        within = "" if "within_usable_vram" not in r else ("yes" if r["within_usable_vram"] else "no")
+        out.append(f"| {r.get('weights', '')} | {r.get('px', '')} | {r.get('impl', '')} | {r.get('memory_mode', '')} | "
+                   f"{_cell(r, 'peak_allocated_mb')} | {_cell(r, 'peak_reserved_mb')} | {within} | "
+                   f"{_cell(r, 'step_s', '{:.3f}')} | {r.get('memory', '')} | {_cell(r, 'loss', '{:.4g}')} | "
+                   f"{note.replace('|', '/')} |")
+    first = next((r for r in rows if "device" in r), {})
+    if first:
+        out.append("")
+        out.append(f"{first.get('gpu', first['device'])}; usable VRAM {first.get('usable_vram_gb', 'n/a')} GB of "
+                   f"{first.get('total_vram_gb', 'n/a')} (ComfyUI reserve {first.get('reserved_vram_gb', 'n/a')} GB); "
+                   f"torch {first.get('torch')}; ComfyUI {first.get('comfyui')}; {first.get('params_b', '?')} B "
+                   f"parameters; rank {RANK}, batch 1, {first.get('steps', '?')} steps, median of the steps after "
+                   f"the first {WARMUP}.")
+    return "\n".join(out) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tiny", action="store_true", help="demo widths (runs on a CPU in seconds)")
-    parser.add_argument("--weights", default="bf16,fp8_e4m3fn", help="comma-separated Demo Model weight types")
+    parser.add_argument("--tiny", action="store_true", help="demo widths on the CPU (runs in seconds)")
+    parser.add_argument("--weights", default="fp8_e4m3fn", help="comma-separated Demo Model weight types")
     parser.add_argument("--sizes", default="512,1024", help="comma-separated square pixel sizes")
-    parser.add_argument("--modes", default="auto", help="comma-separated memory modes (auto, full, offload)")
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--reserve-vram-gb", type=float, help="ComfyUI's --reserve-vram (GB left to others)")
+    parser.add_argument("--runs", default=",".join(RUNS), help="comma-separated impl:mode (ours:auto|full|offload, "
+                                                               "native:offload|default)")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--usable-vram-gb", type=float, help="ComfyUI's reserved VRAM set to leave this many GiB")
+    parser.add_argument("--reserve-vram-gb", type=float, help="ComfyUI's --reserve-vram (GiB left to others)")
+    parser.add_argument("--run-timeout", type=float, default=180, help="seconds per run (process)")
+    parser.add_argument("--budget-s", type=float, help="start no run after this many seconds (a `skipped` row)")
+    parser.add_argument("--jsonl", type=Path, help="also append the JSON lines to this file")
+    parser.add_argument("--markdown", type=Path, help="write a Markdown table here (rewritten after each run)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    host = _import_host()
-    if args.reserve_vram_gb is not None:
-        import comfy.model_management as mm
-
-        mm.EXTRA_RESERVED_VRAM = int(args.reserve_vram_gb * 2**30)
+    if args.child:
+        weights, px, impl, mode = args.child.split(",")
+        row = child(weights, int(px), impl, mode, args.steps, args.tiny, args.usable_vram_gb, args.reserve_vram_gb)
+        print(RESULT_PREFIX + json.dumps(row), flush=True)
+        return
+    runs = [r.strip() for r in args.runs.split(",") if r.strip()]
+    bad = [r for r in runs if r not in ("ours:auto", "ours:full", "ours:offload", "native:offload", "native:default")]
+    if bad:
+        parser.error(f"unknown run(s): {', '.join(bad)}")
+    started, rows = time.monotonic(), []
+    sizes = [int(s) for s in args.sizes.split(",")][:1 if args.tiny else None]  # --tiny trains one size
+    # Sizes inside runs: with a time budget, the last runs (native:default by default) are skipped first.
     for weights in args.weights.split(","):
-        for size in (int(s) for s in args.sizes.split(",")):
-            for mode in args.modes.split(","):
-                try:
-                    row = run(host, weights, size, mode, args.steps, args.tiny)
-                except Exception as error:  # out of memory and the like: a row that says so
-                    row = {"weights": weights, "px": size, "memory_mode": mode, "error": f"{type(error).__name__}: {error}"[:300]}
+        for run in runs:
+            for px in sizes:
+                elapsed = time.monotonic() - started
+                if args.budget_s is not None and elapsed >= args.budget_s:
+                    impl, mode = run.split(":")
+                    row = {"weights": weights, "px": px, "impl": impl, "memory_mode": mode,
+                           "skipped": f"time budget of {args.budget_s:.0f} s spent"}
+                else:
+                    timeout = args.run_timeout if args.budget_s is None else \
+                        max(10.0, min(args.run_timeout, args.budget_s + args.run_timeout / 2 - elapsed))
+                    print(f"[{time.strftime('%H:%M:%S')} +{elapsed:.0f}s] {weights} {px} px {run}", file=sys.stderr,
+                          flush=True)
+                    row = run_child(args, weights, px, run, timeout)
+                rows.append(row)
                 print(json.dumps(row), flush=True)
+                if args.jsonl:
+                    with args.jsonl.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+                if args.markdown:
+                    args.markdown.write_text(markdown(rows))
 
 
 if __name__ == "__main__":
