@@ -349,6 +349,8 @@ def run(req: RunRequest) -> RunResult:
         raise ValueError(f"learning_rate must be > 0, not {req.learning_rate}")
     profile = host.profile_of(req.model)
     family = host.prediction_family(req.model)
+    # adapters, training and samples on the modules that will run (a dynamic patcher's delegate)
+    req = dataclasses.replace(req, model=host.training_base(req.model))
     if isinstance(family, Flow):  # the one shift: the Objective's, by default the model's own
         timesteps = req.objective.flow_timesteps.resolved(host.sampling_shift(req.model), profile.flow_default)
         req = dataclasses.replace(req, objective=dataclasses.replace(req.objective, flow_timesteps=timesteps))

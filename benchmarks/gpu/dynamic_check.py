@@ -105,15 +105,19 @@ def check(allow_cpu: bool, facts: list[str]) -> bool:
         x0 = torch.randn(1, 16, 8, 8, generator=g)
         cond = [torch.randn(1, 16, unet["context_in_dim"], generator=g),
                 {"pooled_output": torch.randn(1, unet["vec_in_dim"], generator=g)}]
-        # As the Train node builds it (nodes/train_run.py): the targets from the input MODEL.
-        network = AdapterNetwork(host.target_modules(model, "attention+mlp"), NetworkConfig("LoRA", 4, 4), seed=0)
+        # As the Train node builds it (nodes/train_run.py): adapters and training on the MODEL's
+        # training base (a dynamic patcher's non-dynamic delegate, whose modules are kept).
+        base = host.training_base(model)
+        facts.append(f"training base: {type(base).__name__}, a new diffusion model: "
+                     f"{base.model.diffusion_model is not model.model.diffusion_model}")
+        network = AdapterNetwork(host.target_modules(base, "attention+mlp"), NetworkConfig("LoRA", 4, 4), seed=0)
         before = {k: v.detach().clone() for k, v in network.state_dict().items()}
         losses, grads = [], []
         with torch.inference_mode(False):
-            with host.TrainingModel(model, network, True, 1.0) as tm:
+            with host.TrainingModel(base, network, True, 1.0) as tm:
                 facts.append(f"training patcher: {type(tm.patcher).__name__}, is_dynamic={tm.patcher.is_dynamic()}, "
-                             f"same diffusion model as the input: "
-                             f"{tm.patcher.model.diffusion_model is model.model.diffusion_model}, memory: {tm.memory}")
+                             f"same diffusion model as the adapters': "
+                             f"{tm.patcher.model.diffusion_model is base.model.diffusion_model}, memory: {tm.memory}")
                 ok &= not tm.patcher.is_dynamic()
                 device = tm.device
                 optimizer = torch.optim.AdamW(network.parameters(), lr=1e-2)

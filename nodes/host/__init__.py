@@ -24,7 +24,7 @@ from .folders import (CONFIG_FILE_NAME, allowed_dataset_roots, config_path, find
 from .sampling import apply_lora, sample_images, sampler_names  # noqa: F401
 from .server import Progress, emit, register_routes, save_temp_images  # noqa: F401
 from .training_model import (TrainingModel, TrainingTextEncoder, clip_skip, encode_caption,  # noqa: F401
-                             encode_images, latent_downscale, offload_from_device, pixel_multiple,
+                             encode_images, latent_downscale, training_base, offload_from_device, pixel_multiple,
                              sampling_shift)
 from .version import (check_host, comfyui_version, interrupt_exception, interrupt_types, log,  # noqa: F401
                       interrupted, training_flags)

@@ -13,14 +13,21 @@ from .families import prediction_family, profile_of
 from .version import training_flags
 
 
-def training_clone(model):
-    """A clone to train (or sample) with patcher-scoped changes. ComfyUI 0.33's dynamic patcher
-    (NVIDIA GPUs by default; CPUs never get one) is trained through its non-dynamic delegate, as
-    ComfyUI's own samplers do when they need a regular patcher."""
+def training_base(model):
+    """The MODEL training works on. ComfyUI 0.33's dynamic patcher (NVIDIA GPUs by default; CPUs
+    never get one) is trained through its non-dynamic delegate, as ComfyUI's own samplers do when
+    they need a regular patcher. The delegate's modules are built once and kept by the dynamic
+    patcher, so the adapters (made from this MODEL's layers), training and samples all use the
+    same modules."""
     is_dynamic = getattr(model, "is_dynamic", None)
     if is_dynamic is not None and is_dynamic() and hasattr(model, "get_non_dynamic_delegate"):
         return model.get_non_dynamic_delegate()
-    return model.clone()
+    return model
+
+
+def training_clone(model):
+    """A clone to train (or sample) with patcher-scoped changes."""
+    return training_base(model).clone()
 
 
 def attach_with(patcher, network) -> None:
