@@ -71,5 +71,5 @@ def pytest_terminal_summary(terminalreporter):
     elif COMFYUI is not None:
         write(f"LoRA Lab ComfyUI tier ran against {COMFYUI}")
     if NOT_APPLICABLE:
-        write("LoRA Lab ComfyUI tier: not applicable on this ComfyUI (its model classes are missing): " +
+        write("LoRA Lab ComfyUI tier: not applicable on this ComfyUI (the model class or feature is missing): " +
               ", ".join(f"{family} ({n} cases)" for family, n in sorted(NOT_APPLICABLE.items())))

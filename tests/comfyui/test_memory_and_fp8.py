@@ -222,3 +222,35 @@ def test_memory_settings_are_checked():
         OptimizerSettings(memory_mode="lots")
     with pytest.raises(ValueError, match="keep_activations_blocks"):
         OptimizerSettings(keep_activations_blocks=-1)
+
+
+def _quantized_layouts() -> list:
+    """ComfyUI's quantized layouts other than fp8 (0.33's comfy/quant_ops.py), where this ComfyUI
+    can make them on the CPU; not applicable on versions without them."""
+    from labtest import families
+
+    families.available()  # ComfyUI imported
+    try:
+        from comfy.quant_ops import QuantizedTensor
+
+        QuantizedTensor.from_float(torch.ones(4, 4), "TensorWiseINT8Layout")
+        return ["TensorWiseINT8Layout"]
+    except Exception:  # noqa: BLE001 - no such layouts (0.3.64) or no CPU kernel for them
+        return [pytest.param("TensorWiseINT8Layout", marks=pytest.mark.not_applicable("ComfyUI's int8 layout"))]
+
+
+@pytest.mark.parametrize("layout", _quantized_layouts())
+def test_quantized_types_other_than_fp8_are_refused_by_name(host, layout):
+    """A layer quantized as int8 (or nvfp4, w4a4, w4a8, mxfp8) is refused before training, naming
+    the layer and its layout, instead of being trained untested."""
+    from comfy.quant_ops import QuantizedTensor
+
+    demo = build_in_executor_mode(host, "Flux", "fp8_scaled")
+    layer = demo.model.model.diffusion_model.double_blocks[0].img_attn.qkv
+    assert str(layer.weight._layout_cls).startswith("TensorCoreFP8")
+    host.target_modules(demo.model, "attention")  # scaled fp8 trains
+    weight = layer.weight.dequantize().float()
+    with torch.inference_mode(False):
+        layer.weight = torch.nn.Parameter(QuantizedTensor.from_float(weight, layout), requires_grad=False)
+    with pytest.raises(ValueError, match=f"img_attn.qkv.weight is quantized as {layout}, which LoRA Lab does not train"):
+        host.target_modules(demo.model, "attention")

@@ -74,6 +74,20 @@ def _quantized_linear(layer) -> bool:
     return isinstance(layer, CastWeightBiasOp) and type(layer).__name__ == "Linear" and hasattr(layer, "in_features")
 
 
+# ComfyUI 0.33's quantized weight layouts (comfy/quant_ops.py) that train like plain fp8: their
+# values are fp8 times a scale, exactly representable once cast. The others (nvfp4, mxfp8, int8,
+# w4a4, w4a8) are refused by name rather than trained untested.
+TRAINED_QUANT_LAYOUTS = ("TensorCoreFP8Layout", "TensorCoreFP8E4M3Layout", "TensorCoreFP8E5M2Layout")
+
+
+def _check_quantization(layer, key: str) -> None:
+    layout = getattr(getattr(layer, "weight", None), "_layout_cls", None)
+    if layout is not None and not str(layout).startswith(TRAINED_QUANT_LAYOUTS):
+        raise ValueError(f"model: layer {key} is quantized as {layout}, which LoRA Lab does not train; "
+                         f"it trains bf16/fp16/fp32 and fp8 bases (float8_e4m3fn, float8_e5m2, scaled fp8): load "
+                         "an fp8 or bf16 checkpoint of this model to train it")
+
+
 def target_modules(patcher, preset: str) -> dict[str, torch.nn.Module]:
     """{file name prefix: layer} for the preset, every name loadable by the stock LoraLoader."""
     profile = profile_of(patcher)
@@ -87,6 +101,7 @@ def target_modules(patcher, preset: str) -> dict[str, torch.nn.Module]:
                     or not wanted(block_class, path):
                 continue
             key = f"diffusion_model.{block_path}.{path}.weight"
+            _check_quantization(layer, key)
             if key not in names:
                 raise RuntimeError(f"ComfyUI's LoRA key map has no name for {key}: this ComfyUI version "
                                    "is not supported for training")
