@@ -34,3 +34,14 @@ def server(comfy_dir, tmp_path_factory):
     srv = ComfyServer(comfy_dir, tmp_path_factory.mktemp("comfyui-base")).start()
     yield srv
     srv.stop()
+
+
+@pytest.fixture
+def loras_dir(comfy_nodes, tmp_path):
+    """ComfyUI's loras folder pointed at a temporary directory for the test."""
+    import folder_paths
+
+    saved = folder_paths.folder_names_and_paths["loras"]
+    folder_paths.folder_names_and_paths["loras"] = ([str(tmp_path)], saved[1])
+    yield tmp_path
+    folder_paths.folder_names_and_paths["loras"] = saved

@@ -8,16 +8,9 @@ import pytest
 import torch
 
 from labtest import families
-from labtest.training import build_in_executor_mode, pattern_image
+from labtest.training import build_in_executor_mode, pattern_image, train
 
 CHROMA = families.params(["Chroma"])
-
-
-def _train(request):
-    from comfyui_lora_lab.nodes import train_run
-
-    with torch.inference_mode(False):
-        return train_run.run(request)
 
 
 def _request(demo, steps=2, **overrides):
@@ -32,16 +25,6 @@ def _request(demo, steps=2, **overrides):
                   objective=ObjectiveSettings(), save=SaveSettings(precision="fp32"))
     fields.update(overrides)
     return RunRequest(**fields)
-
-
-@pytest.fixture
-def loras_dir(comfy_nodes, tmp_path):
-    import folder_paths
-
-    saved = folder_paths.folder_names_and_paths["loras"]
-    folder_paths.folder_names_and_paths["loras"] = ([str(tmp_path)], saved[1])
-    yield tmp_path
-    folder_paths.folder_names_and_paths["loras"] = saved
 
 
 def _radiance_config():
@@ -69,7 +52,7 @@ def test_chroma_radiance_is_refused_by_name(host, comfy_nodes, loras_dir, family
     other = demo.model.clone()
     other.model = type("Model", (), {"model_config": config})()
     with pytest.raises(ValueError, match="unsupported model family ChromaRadiance: LoRA Lab trains .*Chroma"):
-        _train(_request(demo, model=other))
+        train(_request(demo, model=other))
     assert not list(loras_dir.rglob("*.safetensors"))
 
 
@@ -79,7 +62,7 @@ def test_chroma_text_encoder_training_is_refused_with_the_reason(host, loras_dir
 
     demo = build_in_executor_mode(host, family)
     with pytest.raises(ValueError, match="text_encoder_lr: Chroma's only text encoder is T5"):
-        _train(_request(demo, optimizer=OptimizerSettings(text_encoder_lr=1e-4)))
+        train(_request(demo, optimizer=OptimizerSettings(text_encoder_lr=1e-4)))
 
 
 @pytest.mark.parametrize("family", CHROMA)
@@ -100,7 +83,7 @@ def test_chroma_file_names_kohya_keys_and_the_model_shift(host, loras_dir, famil
     from safetensors import safe_open
 
     demo = build_in_executor_mode(host, family)
-    result = _train(_request(demo))
+    result = train(_request(demo))
     with safe_open(str(result.lora_path), "pt") as f:
         meta, keys = f.metadata(), set(f.keys())
     assert "lora_unet_single_blocks_0_linear1.lora_down.weight" in keys

@@ -10,16 +10,9 @@ import pytest
 import torch
 
 from labtest import families
-from labtest.training import build_in_executor_mode, pattern_image
+from labtest.training import build_in_executor_mode, pattern_image, train
 
 KLEIN = families.params(["Flux.2 Klein"])
-
-
-def _train(request):
-    from comfyui_lora_lab.nodes import train_run
-
-    with torch.inference_mode(False):
-        return train_run.run(request)
 
 
 def _request(demo, image=None, mask=None, steps=2, **overrides):
@@ -35,16 +28,6 @@ def _request(demo, image=None, mask=None, steps=2, **overrides):
                   objective=ObjectiveSettings(), save=SaveSettings(precision="fp32"))
     fields.update(overrides)
     return RunRequest(**fields)
-
-
-@pytest.fixture
-def loras_dir(comfy_nodes, tmp_path):
-    import folder_paths
-
-    saved = folder_paths.folder_names_and_paths["loras"]
-    folder_paths.folder_names_and_paths["loras"] = ([str(tmp_path)], saved[1])
-    yield tmp_path
-    folder_paths.folder_names_and_paths["loras"] = saved
 
 
 @pytest.mark.parametrize("family", KLEIN)
@@ -68,7 +51,7 @@ def test_flux2_trains_16x_latents_of_any_multiple_of_16_with_the_mask_on_the_lat
     expected = torch.zeros(5, 3)
     expected[0, 0], expected[1, 1] = 1.0, 0.5
     assert torch.allclose(sample.weight.reshape(5, 3), expected)
-    result = _train(request)
+    result = train(request)
     with safe_open(str(result.lora_path), "pt") as f:
         meta = f.metadata()
     assert meta["ss_resolution"] == "48x80"
@@ -104,4 +87,4 @@ def test_flux2_text_encoder_training_is_refused_with_the_reason(host, loras_dir,
 
     demo = build_in_executor_mode(host, family)
     with pytest.raises(ValueError, match="LLMs and are not trained"):
-        _train(_request(demo, optimizer=OptimizerSettings(text_encoder_lr=1e-4)))
+        train(_request(demo, optimizer=OptimizerSettings(text_encoder_lr=1e-4)))

@@ -9,16 +9,9 @@ import pytest
 import torch
 
 from labtest import families
-from labtest.training import build_in_executor_mode, pattern_image
+from labtest.training import build_in_executor_mode, pattern_image, train
 
 QWEN = families.params(["Qwen-Image"])
-
-
-def _train(request):
-    from comfyui_lora_lab.nodes import train_run
-
-    with torch.inference_mode(False):
-        return train_run.run(request)
 
 
 def _dataset(mask=None, flip=False):
@@ -48,16 +41,6 @@ def _left_mask():
     return mask
 
 
-@pytest.fixture
-def loras_dir(comfy_nodes, tmp_path):
-    import folder_paths
-
-    saved = folder_paths.folder_names_and_paths["loras"]
-    folder_paths.folder_names_and_paths["loras"] = ([str(tmp_path)], saved[1])
-    yield tmp_path
-    folder_paths.folder_names_and_paths["loras"] = saved
-
-
 @pytest.mark.parametrize("family", QWEN)
 def test_qwen_image_demo_is_small_and_its_text_encoder_is_the_language_model_only(host, family):
     demo = build_in_executor_mode(host, family)
@@ -80,7 +63,7 @@ def test_qwen_image_file_keys_metadata_and_the_model_shift(host, loras_dir, fami
     demo = build_in_executor_mode(host, family)
     with TrainingModel(demo.model, None, False, 1.0) as model:
         assert model.guidance is None  # Qwen-Image takes no guidance embedding
-    result = _train(_request(demo))
+    result = train(_request(demo))
     with safe_open(str(result.lora_path), "pt") as f:
         meta, keys = f.metadata(), set(f.keys())
     for layer in ("attn_to_q", "attn_add_k_proj", "attn_to_add_out", "img_mlp_net_2", "txt_mlp_net_0_proj"):
@@ -102,7 +85,7 @@ def test_qwen_image_text_encoder_training_is_refused_with_the_reason(host, loras
 
     demo = build_in_executor_mode(host, family)
     with pytest.raises(ValueError, match=r"text encoder is an LLM \(Qwen2.5-VL\) and is not trained"):
-        _train(_request(demo, optimizer=OptimizerSettings(text_encoder_lr=1e-4)))
+        train(_request(demo, optimizer=OptimizerSettings(text_encoder_lr=1e-4)))
 
 
 @pytest.mark.parametrize("family", QWEN)
@@ -133,7 +116,7 @@ def test_qwen_image_samples_during_training_are_images_of_the_asked_size(host, l
     demo = build_in_executor_mode(host, family)
     settings = SampleSettings(prompts=("a photo of {trigger}",), steps=2, width=48, height=32, cfg=2.5)
     with torch.inference_mode(False):
-        result = _train(_request(demo, dataset=_dataset(mask=_left_mask()), samples=settings))
+        result = train(_request(demo, dataset=_dataset(mask=_left_mask()), samples=settings))
     assert [step for step, _ in result.samples] == [0, 2]  # at the start and with the final save
     for _, images in result.samples:
         assert images.shape == (1, 32, 48, 3) and images.isfinite().all()

@@ -11,16 +11,6 @@ from labtest.training import build_in_executor_mode, pattern_image
 SD3 = families.params(["SD3.5"])
 
 
-@pytest.fixture
-def loras_dir(comfy_nodes, tmp_path):
-    import folder_paths
-
-    saved = folder_paths.folder_names_and_paths["loras"]
-    folder_paths.folder_names_and_paths["loras"] = ([str(tmp_path)], saved[1])
-    yield tmp_path
-    folder_paths.folder_names_and_paths["loras"] = saved
-
-
 def _train(demo, **overrides):
     from comfyui_lora_lab.nodes import train_run
     from comfyui_lora_lab.nodes.train_run import RunRequest

@@ -3,19 +3,11 @@ its Qwen3 (LLM) text encoder refused for training, no guidance, ComfyUI module-p
 metadata names and the timestep shift ComfyUI samples Z-Image with (3.0)."""
 
 import pytest
-import torch
 
 from labtest import families
-from labtest.training import build_in_executor_mode, pattern_image
+from labtest.training import build_in_executor_mode, pattern_image, train
 
 Z_IMAGE = families.params(["Z-Image"])
-
-
-def _train(request):
-    from comfyui_lora_lab.nodes import train_run
-
-    with torch.inference_mode(False):
-        return train_run.run(request)
 
 
 def _request(demo, steps=2, **overrides):
@@ -32,16 +24,6 @@ def _request(demo, steps=2, **overrides):
     return RunRequest(**fields)
 
 
-@pytest.fixture
-def loras_dir(comfy_nodes, tmp_path):
-    import folder_paths
-
-    saved = folder_paths.folder_names_and_paths["loras"]
-    folder_paths.folder_names_and_paths["loras"] = ([str(tmp_path)], saved[1])
-    yield tmp_path
-    folder_paths.folder_names_and_paths["loras"] = saved
-
-
 @pytest.mark.parametrize("family", Z_IMAGE)
 def test_z_image_pixel_space_subclass_is_refused_by_name(host, loras_dir, family):
     import comfy.supported_models as sm
@@ -50,7 +32,7 @@ def test_z_image_pixel_space_subclass_is_refused_by_name(host, loras_dir, family
     other = demo.model.clone()
     other.model = type("Model", (), {"model_config": sm.ZImagePixelSpace.__new__(sm.ZImagePixelSpace)})()
     with pytest.raises(ValueError, match="unsupported model family ZImagePixelSpace: LoRA Lab trains .*ZImage"):
-        _train(_request(demo, model=other))
+        train(_request(demo, model=other))
 
 
 @pytest.mark.parametrize("family", Z_IMAGE)
@@ -62,7 +44,7 @@ def test_z_image_file_names_module_keys_metadata_and_the_model_shift(host, loras
     demo = build_in_executor_mode(host, family)
     with TrainingModel(demo.model, None, False, 1.0) as model:
         assert model.guidance is None  # Z-Image takes no guidance embedding
-    result = _train(_request(demo))
+    result = train(_request(demo))
     with safe_open(str(result.lora_path), "pt") as f:
         meta, keys = f.metadata(), set(f.keys())
     assert "lora_unet_layers_0_attention_qkv.lora_down.weight" in keys
@@ -77,4 +59,4 @@ def test_z_image_text_encoder_training_is_refused_with_the_reason(host, loras_di
 
     demo = build_in_executor_mode(host, family)
     with pytest.raises(ValueError, match="Qwen3 text encoder is an LLM and is not trained"):
-        _train(_request(demo, optimizer=OptimizerSettings(text_encoder_lr=1e-4)))
+        train(_request(demo, optimizer=OptimizerSettings(text_encoder_lr=1e-4)))

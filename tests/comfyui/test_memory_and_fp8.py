@@ -13,44 +13,8 @@ import pytest
 import torch
 
 from labtest.gradcheck import Check, assert_sound, directional_check
-from labtest.training import build_in_executor_mode, eval_loss, square_mask
+from labtest.training import build_in_executor_mode, eval_loss, make_request, one_image_dataset, square_mask, train
 
-
-@pytest.fixture
-def loras_dir(comfy_nodes, tmp_path):
-    import folder_paths
-
-    saved = folder_paths.folder_names_and_paths["loras"]
-    folder_paths.folder_names_and_paths["loras"] = ([str(tmp_path)], saved[1])
-    yield tmp_path
-    folder_paths.folder_names_and_paths["loras"] = saved
-
-
-def make_request(demo, dataset, steps=30, lr=2e-3, name="test_lora", **overrides):
-    from comfyui_lora_lab.nodes.train_run import RunRequest
-    from comfyui_lora_lab.training.settings import (NetworkSettings, ObjectiveSettings, OptimizerSettings,
-                                                    SaveSettings)
-
-    fields = dict(model=demo.model, clip=demo.clip, vae=demo.vae, dataset=dataset, steps=steps, learning_rate=lr,
-                  seed=0, output_name=name, network=NetworkSettings(), optimizer=OptimizerSettings(),
-                  objective=ObjectiveSettings(), save=SaveSettings(precision="fp32"))
-    fields.update(overrides)
-    return RunRequest(**fields)
-
-
-def one_image_dataset(mask=None):
-    from comfyui_lora_lab.training.dataset import Dataset, DatasetSample
-    from labtest.training import pattern_image
-
-    return Dataset(samples=(DatasetSample(image=pattern_image(), caption="a photo of sks", concept="sks", mask=mask),),
-                   trigger="sks")
-
-
-def train(request):
-    from comfyui_lora_lab.nodes import train_run
-
-    with torch.inference_mode(False):
-        return train_run.run(request)
 
 FAMILY = "Flux"
 FP8_TYPES = ["fp8_e4m3fn", "fp8_e5m2", "fp8_scaled"]

@@ -8,46 +8,11 @@ import torch
 
 from labtest import families
 from labtest.gradcheck import Check, assert_sound, directional_check
-from labtest.training import build_in_executor_mode, eval_loss, pattern_image, square_mask
+from labtest.training import (build_in_executor_mode, eval_loss, make_request, one_image_dataset, pattern_image,
+                              square_mask, train)
 
 FAMILIES = families.params(families.ALL)  # every family this ComfyUI has; the others: not applicable
 TE_FAMILIES = families.params([f for f in families.ALL if families.EXPECT[f].te_prefix])  # CLIP encoders
-
-
-@pytest.fixture
-def loras_dir(comfy_nodes, tmp_path):
-    """ComfyUI's loras folder pointed at a temporary directory for the test."""
-    import folder_paths
-
-    saved = folder_paths.folder_names_and_paths["loras"]
-    folder_paths.folder_names_and_paths["loras"] = ([str(tmp_path)], saved[1])
-    yield tmp_path
-    folder_paths.folder_names_and_paths["loras"] = saved
-
-
-def make_request(demo, dataset, steps=30, lr=2e-3, name="test_lora", **overrides):
-    from comfyui_lora_lab.nodes.train_run import RunRequest
-    from comfyui_lora_lab.training.settings import (NetworkSettings, ObjectiveSettings, OptimizerSettings,
-                                                    SaveSettings)
-
-    fields = dict(model=demo.model, clip=demo.clip, vae=demo.vae, dataset=dataset, steps=steps, learning_rate=lr,
-                  seed=0, output_name=name, network=NetworkSettings(), optimizer=OptimizerSettings(),
-                  objective=ObjectiveSettings(), save=SaveSettings(precision="fp32"))
-    fields.update(overrides)
-    return RunRequest(**fields)
-
-
-def one_image_dataset(mask=None, caption="a photo of sks"):
-    from comfyui_lora_lab.training.dataset import Dataset, DatasetSample
-
-    return Dataset(samples=(DatasetSample(image=pattern_image(), caption=caption, concept="sks", mask=mask),), trigger="sks")
-
-
-def train(request):
-    from comfyui_lora_lab.nodes import train_run
-
-    with torch.inference_mode(False):
-        return train_run.run(request)
 
 
 # Every family in fp32; the half-precision storage types on the three first families (the code path

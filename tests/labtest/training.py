@@ -47,3 +47,31 @@ def eval_loss(host, model, samples, count: int = 8, seed: int = 1234) -> float:
             total += float(per_sample_loss(pred, family.target(x0, noise, sigma)).mean())
             n += 1
     return total / n
+
+
+def make_request(demo, dataset, steps=30, lr=2e-3, name="test_lora", **overrides):
+    """A Train node's request on `demo` with the config nodes' defaults (fp32 saves)."""
+    from comfyui_lora_lab.nodes.train_run import RunRequest
+    from comfyui_lora_lab.training.settings import (NetworkSettings, ObjectiveSettings, OptimizerSettings,
+                                                    SaveSettings)
+
+    fields = dict(model=demo.model, clip=demo.clip, vae=demo.vae, dataset=dataset, steps=steps, learning_rate=lr,
+                  seed=0, output_name=name, network=NetworkSettings(), optimizer=OptimizerSettings(),
+                  objective=ObjectiveSettings(), save=SaveSettings(precision="fp32"))
+    fields.update(overrides)
+    return RunRequest(**fields)
+
+
+def one_image_dataset(mask=None, caption="a photo of sks"):
+    from comfyui_lora_lab.training.dataset import Dataset, DatasetSample
+
+    return Dataset(samples=(DatasetSample(image=pattern_image(), caption=caption, concept="sks", mask=mask),),
+                   trigger="sks")
+
+
+def train(request):
+    """The Train node's run, outside inference mode as the node runs it."""
+    from comfyui_lora_lab.nodes import train_run
+
+    with torch.inference_mode(False):
+        return train_run.run(request)
