@@ -82,6 +82,12 @@ FLUX2_KLEIN_UNET = {"in_channels": 128, "hidden_size": 128, "num_heads": 1, "dep
 FLUX2_VAE = {"double_z": True, "z_channels": 32, "resolution": 256, "in_channels": 3, "out_ch": 3,
              "ch": 32, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [],
              "dropout": 0.0, "batch_norm_latent": True}
+# Full Flux.2 (dev): Mistral 3 stacks the inputs of layers 10 and 20 and the output (layer 30):
+# 30 layers, without the final norm, as ComfyUI's pruned file; head width fixed at 128. The
+# vocabulary is the demo's synthetic tekken one (20 special tokens + 256 bytes + a few merges).
+MISTRAL3_TINY = {"vocab_size": 320, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 30,
+                 "num_attention_heads": 1, "num_key_value_heads": 1, "final_norm": False}
+FLUX2_UNET = {**FLUX2_KLEIN_UNET, "context_in_dim": 3 * MISTRAL3_TINY["hidden_size"], "guidance_embed": True}
 
 # Chroma: Flux's blocks without per-block modulation; ComfyUI's detection sets the patchified
 # in/out channels (64) and the distilled guidance layer's in_dim (64); its out_dim must equal the

@@ -1,6 +1,7 @@
 """Flux.2: what the shared family tests do not cover — its 16x VAE (128 channels) built through
 ComfyUI's detection, images of sides that are multiples of 16 but not 32 with masks pooled to the
-16x grid, guidance only where the model has a guidance embedding, the LLM text encoder refused,
+16x grid, guidance only where the model has a guidance embedding (the full model's reaches it),
+the full model's Mistral tokenizer read from the text-encoder file, the LLM text encoders refused,
 metadata names and the timestep shift ComfyUI samples Flux.2 with (Flux-style log-shift 2.02 =
 linear e^2.02)."""
 
@@ -13,6 +14,7 @@ from labtest import families
 from labtest.training import build_in_executor_mode, pattern_image, train
 
 KLEIN = families.params(["Flux.2 Klein"])
+FULL = families.params(["Flux.2"])
 
 
 def _request(demo, image=None, mask=None, steps=2, **overrides):
@@ -81,7 +83,46 @@ def test_flux2_guidance_only_with_a_guidance_embedding(host, family):
     assert float(conds["guidance"].cond) == 1.0
 
 
-@pytest.mark.parametrize("family", KLEIN)
+@pytest.mark.parametrize("family", FULL)
+def test_full_flux2_training_guidance_reaches_its_guidance_embedding(host, family):
+    """The full model's guidance embedding gets the training guidance: the prediction changes
+    with it (Klein's, without an embedding, passes none)."""
+    from comfyui_lora_lab.nodes import demo_configs
+    from comfyui_lora_lab.nodes.host import TrainingModel
+
+    full = build_in_executor_mode(host, family)
+    assert full.model.model.diffusion_model.params.guidance_embed
+    cond = torch.randn(1, 6, demo_configs.FLUX2_UNET["context_in_dim"], generator=torch.Generator().manual_seed(0))
+    noisy = torch.randn(1, 128, 2, 2, generator=torch.Generator().manual_seed(1))
+    outputs = []
+    with torch.inference_mode(False), torch.no_grad():
+        for guidance in (1.0, 4.0):
+            with TrainingModel(full.model, None, False, guidance) as model:
+                assert model.guidance == guidance
+                outputs.append(model.predict(noisy, torch.tensor([0.5]), [(cond, {})]))
+    assert not torch.allclose(outputs[0], outputs[1])
+
+
+@pytest.mark.parametrize("family", FULL)
+def test_full_flux2_tokenizer_is_read_from_the_text_encoder_file(host, family):
+    """The full model's Mistral tokenizer is the text-encoder file's `tekken_model` (in no ComfyUI
+    tree): the demo's synthetic one tokenizes the chat template's special tokens as single ids,
+    starts with <s>, saves with the CLIP, and the encoder stacks three layers (3 x its width)."""
+    from comfyui_lora_lab.nodes import demo_configs
+
+    demo = build_in_executor_mode(host, family)
+    tokens = demo.clip.tokenize("a photo of sks")
+    ids = [t[0] for t in tokens["mistral3_24b"][0]]
+    assert ids[:2] == [1, 17] and ids[-1] == 4 and 3 in ids and 18 in ids  # <s> [SYSTEM_PROMPT] ... [/INST]
+    assert max(ids) < demo_configs.MISTRAL3_TINY["vocab_size"]
+    saved = demo.clip.get_sd()
+    assert saved["tekken_model"].dtype == torch.uint8
+    cond = demo.clip.encode_from_tokens_scheduled(tokens)[0][0]
+    assert cond.shape == (1, len(ids), 3 * demo_configs.MISTRAL3_TINY["hidden_size"])
+    assert torch.isfinite(cond).all()
+
+
+@pytest.mark.parametrize("family", KLEIN + FULL)
 def test_flux2_text_encoder_training_is_refused_with_the_reason(host, loras_dir, family):
     from comfyui_lora_lab.training.settings import OptimizerSettings
 

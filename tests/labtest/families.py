@@ -77,5 +77,6 @@ EXPECT: dict[str, Expect] = {
                     "lora_te2_text_model_encoder_layers_0_self_attn_q_proj", True),
     "Z-Image": Expect("Flux", 16, (0.1159, 0.3611), "lora_unet_layers_0_attention_qkv", "z_image", None, True),
     "Flux.2 Klein": Expect("Flux2", 128, (0.0, 1.0), "lora_unet_double_blocks_0_img_attn_qkv", "flux2", None, True),
+    "Flux.2": Expect("Flux2", 128, (0.0, 1.0), "lora_unet_double_blocks_0_img_attn_qkv", "flux2", None, True),
 }
 ALL = list(EXPECT)
