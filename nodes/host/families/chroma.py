@@ -15,15 +15,11 @@ from .profile import Demo, FamilyProfile
 def skeleton(size: dict) -> dict:
     """The keys (and shapes) of a Chroma checkpoint that ComfyUI's detection reads: Flux's, with
     the distilled guidance layer instead of vector_in/guidance_in."""
-    hidden, head = size["hidden_size"], size["hidden_size"] // size["num_heads"]
+    hidden = size["hidden_size"]
     keys = {"img_in.weight": demo.meta(hidden, size["in_channels"]),
             "txt_in.weight": demo.meta(hidden, size["context_in_dim"]),
             "distilled_guidance_layer.norms.0.scale": demo.meta(size["hidden_dim"])}
-    for i in range(size["depth"]):
-        keys[f"double_blocks.{i}.img_attn.norm.key_norm.scale"] = demo.meta(head)
-    for i in range(size["depth_single_blocks"]):
-        keys[f"single_blocks.{i}.norm.key_norm.scale"] = demo.meta(head)
-    return keys
+    return {**keys, **flux.block_keys(size)}
 
 
 def _clip(seed: int):

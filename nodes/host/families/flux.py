@@ -15,19 +15,25 @@ PRESETS = {
 }
 
 
+def block_keys(size: dict) -> dict:
+    """The keys of the double and single blocks that ComfyUI's detection counts (and reads the head
+    width from), shared by the Flux-style checkpoints (Flux.1, Flux.2, Chroma)."""
+    head = size["hidden_size"] // size["num_heads"]
+    keys = {f"double_blocks.{i}.img_attn.norm.key_norm.scale": demo.meta(head) for i in range(size["depth"])}
+    keys.update({f"single_blocks.{i}.norm.key_norm.scale": demo.meta(head)
+                 for i in range(size["depth_single_blocks"])})
+    return keys
+
+
 def skeleton(size: dict) -> dict:
     """The keys (and shapes) of a Flux.1 checkpoint that ComfyUI's detection reads."""
-    hidden, head = size["hidden_size"], size["hidden_size"] // size["num_heads"]
+    hidden = size["hidden_size"]
     keys = {"img_in.weight": demo.meta(hidden, size["in_channels"] * 4),
             "txt_in.weight": demo.meta(hidden, size["context_in_dim"]),
             "vector_in.in_layer.weight": demo.meta(hidden, size["vec_in_dim"])}
     if size["guidance_embed"]:
         keys["guidance_in.in_layer.weight"] = demo.meta(hidden, 256)
-    for i in range(size["depth"]):
-        keys[f"double_blocks.{i}.img_attn.norm.key_norm.scale"] = demo.meta(head)
-    for i in range(size["depth_single_blocks"]):
-        keys[f"single_blocks.{i}.norm.key_norm.scale"] = demo.meta(head)
-    return keys
+    return {**keys, **block_keys(size)}
 
 
 def _clip(seed: int):

@@ -9,23 +9,20 @@ import torch
 
 from ... import demo_configs
 from .. import demo
+from . import flux
 from .flux import PRESETS
 from .profile import Demo, FamilyProfile
 
 
 def skeleton(size: dict) -> dict:
     """The keys (and shapes) of a Flux.2 checkpoint that ComfyUI's detection reads."""
-    hidden, head = size["hidden_size"], size["hidden_size"] // size["num_heads"]
+    hidden = size["hidden_size"]
     keys = {"img_in.weight": demo.meta(hidden, size["in_channels"]),
             "txt_in.weight": demo.meta(hidden, size["context_in_dim"]),
             "double_stream_modulation_img.lin.weight": demo.meta(6 * hidden, hidden)}
     if size["guidance_embed"]:
         keys["guidance_in.in_layer.weight"] = demo.meta(hidden, 256)
-    for i in range(size["depth"]):
-        keys[f"double_blocks.{i}.img_attn.norm.key_norm.scale"] = demo.meta(head)
-    for i in range(size["depth_single_blocks"]):
-        keys[f"single_blocks.{i}.norm.key_norm.scale"] = demo.meta(head)
-    return keys
+    return {**keys, **flux.block_keys(size)}
 
 
 def vae(seed: int):
