@@ -8,23 +8,13 @@ import pytest
 import torch
 
 from labtest import families
-from labtest.training import build_in_executor_mode, pattern_image, train
+from labtest.training import build_in_executor_mode, make_request, one_image_dataset, train
 
 CHROMA = families.params(["Chroma"])
 
 
 def _request(demo, steps=2, **overrides):
-    from comfyui_lora_lab.nodes.train_run import RunRequest
-    from comfyui_lora_lab.training.dataset import Dataset, DatasetSample
-    from comfyui_lora_lab.training.settings import (NetworkSettings, ObjectiveSettings, OptimizerSettings,
-                                                    SaveSettings)
-
-    dataset = Dataset(samples=(DatasetSample(image=pattern_image(), caption="a photo of sks", concept="sks"),), trigger="sks")
-    fields = dict(model=demo.model, clip=demo.clip, vae=demo.vae, dataset=dataset, steps=steps, learning_rate=1e-3,
-                  seed=0, output_name="chroma_lora", network=NetworkSettings(), optimizer=OptimizerSettings(),
-                  objective=ObjectiveSettings(), save=SaveSettings(precision="fp32"))
-    fields.update(overrides)
-    return RunRequest(**fields)
+    return make_request(demo, one_image_dataset(), steps=steps, lr=1e-3, name="chroma_lora", **overrides)
 
 
 def _radiance_config():

@@ -11,25 +11,15 @@ import pytest
 import torch
 
 from labtest import families
-from labtest.training import build_in_executor_mode, pattern_image, train
+from labtest.training import build_in_executor_mode, make_request, one_image_dataset, pattern_image, train
 
 KLEIN = families.params(["Flux.2 Klein"])
 FULL = families.params(["Flux.2"])
 
 
 def _request(demo, image=None, mask=None, steps=2, **overrides):
-    from comfyui_lora_lab.nodes.train_run import RunRequest
-    from comfyui_lora_lab.training.dataset import Dataset, DatasetSample
-    from comfyui_lora_lab.training.settings import (NetworkSettings, ObjectiveSettings, OptimizerSettings,
-                                                    SaveSettings)
-
-    image = pattern_image() if image is None else image
-    dataset = Dataset(samples=(DatasetSample(image=image, caption="a photo of sks", concept="sks", mask=mask),), trigger="sks")
-    fields = dict(model=demo.model, clip=demo.clip, vae=demo.vae, dataset=dataset, steps=steps, learning_rate=1e-3,
-                  seed=0, output_name="flux2_lora", network=NetworkSettings(), optimizer=OptimizerSettings(),
-                  objective=ObjectiveSettings(), save=SaveSettings(precision="fp32"))
-    fields.update(overrides)
-    return RunRequest(**fields)
+    return make_request(demo, one_image_dataset(mask, image=image), steps=steps, lr=1e-3, name="flux2_lora",
+                        **overrides)
 
 
 @pytest.mark.parametrize("family", KLEIN)

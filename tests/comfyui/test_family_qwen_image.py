@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from labtest import families
-from labtest.training import build_in_executor_mode, pattern_image, train
+from labtest.training import build_in_executor_mode, make_request, pattern_image, train
 
 QWEN = families.params(["Qwen-Image"])
 
@@ -22,15 +22,8 @@ def _dataset(mask=None, flip=False):
 
 
 def _request(demo, steps=2, **overrides):
-    from comfyui_lora_lab.nodes.train_run import RunRequest
-    from comfyui_lora_lab.training.settings import (NetworkSettings, ObjectiveSettings, OptimizerSettings,
-                                                    SaveSettings)
-
-    fields = dict(model=demo.model, clip=demo.clip, vae=demo.vae, dataset=_dataset(), steps=steps,
-                  learning_rate=1e-3, seed=0, output_name="qwen_image_lora", network=NetworkSettings(),
-                  optimizer=OptimizerSettings(), objective=ObjectiveSettings(), save=SaveSettings(precision="fp32"))
-    fields.update(overrides)
-    return RunRequest(**fields)
+    dataset = overrides.pop("dataset", None) or _dataset()
+    return make_request(demo, dataset, steps=steps, lr=1e-3, name="qwen_image_lora", **overrides)
 
 
 def _left_mask():

@@ -62,11 +62,12 @@ def make_request(demo, dataset, steps=30, lr=2e-3, name="test_lora", **overrides
     return RunRequest(**fields)
 
 
-def one_image_dataset(mask=None, caption="a photo of sks"):
+def one_image_dataset(mask=None, caption="a photo of sks", image=None):
+    """One image (the pattern unless given) of concept `sks`, with an optional loss mask."""
     from comfyui_lora_lab.training.dataset import Dataset, DatasetSample
 
-    return Dataset(samples=(DatasetSample(image=pattern_image(), caption=caption, concept="sks", mask=mask),),
-                   trigger="sks")
+    image = pattern_image() if image is None else image
+    return Dataset(samples=(DatasetSample(image=image, caption=caption, concept="sks", mask=mask),), trigger="sks")
 
 
 def train(request):
