@@ -233,9 +233,20 @@ def _run_native(host, model, latent, cond, steps: int, lora_dtype: str = "fp32",
     return ends
 
 
+def _cond_with_grad(cond):
+    """The caption's conditioning as a tensor that asks for its gradient (a normal copy of the
+    encoder's inference tensor). Z-Image refines the caption in blocks the image never enters: a
+    backward to the latent alone would skip them, while training runs their backward too."""
+    import torch
+
+    tensor, extras = cond
+    return [tensor.clone().requires_grad_(True), extras]
+
+
 def _run_bare(host, model, latent, cond, steps: int) -> list[tuple[float, float]]:
-    """The same forward as ours (TrainingModel without adapters: frozen-weight wrappers, Flux block
-    patches with checkpointing), the loss, and a backward to the input latent; no optimizer."""
+    """The same forward as ours (TrainingModel without adapters: frozen-weight wrappers, block
+    wrappers with checkpointing), the loss, and a backward to the inputs (the noisy latent and the
+    caption's conditioning), so every block runs its backward; no optimizer."""
     import torch
 
     from comfyui_lora_lab.training.masked_loss import per_sample_loss
@@ -243,6 +254,7 @@ def _run_bare(host, model, latent, cond, steps: int) -> list[tuple[float, float]
 
     ends: list[tuple[float, float]] = []
     with torch.inference_mode(False):
+        cond = _cond_with_grad(cond)
         with host.TrainingModel(_bf16_compute(model), None, checkpointing=True, guidance=1.0) as tm:
             predictor, family = _Autocast(tm), tm.family
             x0 = latent.unsqueeze(0).float()

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# The GPU benchmark's one device command (issue 12), run from the repo root on the device machine
-# with .gpu-carry/ carried (made here by benchmarks/gpu/fetch_wheels.sh). Results go to $OUT:
+# The GPU benchmark's device command (issue 12), run from the repo root on the device machine with
+# .gpu-carry/ carried (made here by benchmarks/gpu/fetch_wheels.sh). One part per call, each at
+# most about 8 minutes (ask for timeout_s 540):
+#   bash benchmarks/gpu/run_on_device.sh            # part "flux" (the first call)
+#   bash benchmarks/gpu/run_on_device.sh families   # part "families" (a later call or session)
+# Results go to $OUT:
 #   env.txt            GPU, driver, torch, versions
-#   dynamic_check.txt  PASS/FAIL: a MODEL from ComfyUI 0.33's loader is dynamic and LoRA Lab trains it
+#   dynamic_check.txt  (flux) PASS/FAIL: a MODEL from ComfyUI 0.33's loader is dynamic and LoRA Lab trains it
 #   gpu_bench.jsonl    one JSON line per run (benchmarks/gpu_memory.py)
-#   gpu_bench.md       the same as a Markdown table
+#   gpu_bench_N.md     the N-th benchmark invocation of the part as a Markdown table
 #   *.log              each part's output
-# Every part has a hard timeout; the whole takes at most about 8 minutes (ask for timeout_s 540).
 set -u
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
@@ -33,18 +36,37 @@ export COMFYUI_PATH=/tmp/comfy/ComfyUI
   git log -1 --format='pack commit %h %s' 2>/dev/null; } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
-log "dynamic check (90 s at most)"
-timeout -k 5 90 "$PY" benchmarks/gpu/dynamic_check.py "${CHECK[@]}" --out "$OUT/dynamic_check.txt" > "$OUT/dynamic_check.log" 2>&1
-rc=$?
-[ -s "$OUT/dynamic_check.txt" ] || echo "FAIL (exit $rc: timed out or crashed; see dynamic_check.log)" > "$OUT/dynamic_check.txt"
-cat "$OUT/dynamic_check.txt"
-
-log "benchmark: Flux.1-dev fp8, 512 and 1024 px, 16 GiB usable (380 s at most)"
-timeout -k 5 380 "$PY" benchmarks/gpu_memory.py --weights fp8_e4m3fn --sizes 512,1024 \
-  --runs ours:auto,ours:offload,native:offload,native:default --steps 5 --usable-vram-gb 16 "${SMOKE[@]}" \
-  --run-timeout 110 --budget-s 320 --jsonl "$OUT/gpu_bench.jsonl" --markdown "$OUT/gpu_bench.md" \
-  > "$OUT/gpu_bench.log" 2>&1
-log "benchmark exit $?"
+PART=${1:-flux}
+bench() {  # budget (s) and gpu_memory.py arguments; appends to the part's jsonl and table
+  local budget=$1; shift
+  timeout -k 5 $((budget + 60)) "$PY" benchmarks/gpu_memory.py "$@" --steps 5 "${SMOKE[@]}" \
+    --budget-s "$budget" --jsonl "$OUT/gpu_bench.jsonl" --markdown "$OUT/gpu_bench_$((++N)).md" >> "$OUT/gpu_bench.log" 2>&1
+  log "benchmark exit $?"
+}
+N=0
+case "$PART" in
+flux)
+  log "dynamic check (90 s at most)"
+  timeout -k 5 90 "$PY" benchmarks/gpu/dynamic_check.py "${CHECK[@]}" --out "$OUT/dynamic_check.txt" > "$OUT/dynamic_check.log" 2>&1
+  rc=$?
+  [ -s "$OUT/dynamic_check.txt" ] || echo "FAIL (exit $rc: timed out or crashed; see dynamic_check.log)" > "$OUT/dynamic_check.txt"
+  cat "$OUT/dynamic_check.txt"
+  log "benchmark: Flux.1-dev fp8, 512 and 1024 px, 16 GiB usable (380 s at most)"
+  bench 320 --archs flux1-dev --weights fp8_e4m3fn --sizes 512,1024 --usable-vram-gb 16 --run-timeout 110 \
+    --runs ours:auto,ours:offload,native:offload,native:default
+  ;;
+families)
+  log "benchmark: Flux.2 Klein, Z-Image, Qwen-Image fp8 at 1024 px, 24 GiB usable (250 s at most)"
+  bench 190 --archs flux2-klein,z-image,qwen-image --weights fp8_e4m3fn --sizes 1024 --usable-vram-gb 24 \
+    --run-timeout 90 --runs ours:auto,native:offload+bypass+qbwd
+  log "benchmark: Flux.1-dev bf16 at 1024 px, the whole card: fully loaded step time (100 s at most)"
+  bench 40 --archs flux1-dev --weights bf16 --sizes 1024 --run-timeout 80 --runs ours:full,native:default
+  log "benchmark: Flux.1-dev fp8 at 1024 px, 16 GiB usable, dynamic VRAM on (100 s at most)"
+  bench 40 --archs flux1-dev --weights fp8_e4m3fn --sizes 1024 --usable-vram-gb 16 --dynamic-vram on \
+    --run-timeout 80 --runs ours:auto,native:offload+bypass+qbwd
+  ;;
+*) log "unknown part $PART (flux, families)"; exit 2 ;;
+esac
 grep -E '^\[|^\{' "$OUT/gpu_bench.log" | cut -c1-400
-cat "$OUT/gpu_bench.md" 2>/dev/null
+cat "$OUT"/gpu_bench_*.md 2>/dev/null
 log "done"
