@@ -297,9 +297,11 @@ def _cuda_present() -> bool:
 def _dynamic_vram() -> str | None:
     """Switches ComfyUI 0.33's dynamic VRAM on as its main.py does (before torch is imported);
     None when it is on, else why not."""
-    comfy_dir = __import__("labtest", fromlist=["find_comfyui"]).find_comfyui()
-    sys.path.insert(0, str(comfy_dir))
     import importlib.util
+
+    from labtest import find_comfyui
+
+    sys.path.insert(0, str(find_comfyui()))
 
     if importlib.util.find_spec("comfy_aimdo") is None:
         return "no comfy-aimdo here (ComfyUI's dynamic VRAM)"
