@@ -137,23 +137,34 @@ def _randomize_on(module, seed: int) -> None:
 def build_unet(host, sizes: dict, weights: str, build_device, arch: str = "flux1-dev", patcher_class=None):
     """A ModelPatcher (or `patcher_class`, e.g. ComfyUI's CoreModelPatcher) of the architecture's
     Demo Model recipe at `sizes`, built and randomised on `build_device`, then moved to ComfyUI's
-    offload device as a loader leaves a model."""
+    offload device as a loader leaves a model. `fp8_scaled` is drawn in bf16, stored the way a
+    `*_fp8_scaled` checkpoint stores it, and loaded through ComfyUI's own route for such files
+    (0.33: its quantized layers), as the Demo Model does."""
     import torch
     from unittest import mock
 
     import comfy.model_management as mm
     import comfy.model_patcher
     from comfyui_lora_lab.nodes import demo_configs
-    from comfyui_lora_lab.nodes.host.demo import _TORCH_DTYPES
+    from comfyui_lora_lab.nodes.host import demo
 
     spec = ARCHS[arch]
-    with mock.patch.dict(getattr(demo_configs, spec.config), sizes):
-        config = host.demos()[spec.demo].model_config()
-    dtype = _TORCH_DTYPES[weights]
+
+    def model_config():
+        with mock.patch.dict(getattr(demo_configs, spec.config), sizes):
+            return host.demos()[spec.demo].model_config()
+
     load_device = mm.get_torch_device()
+    config = model_config()
+    dtype = torch.bfloat16 if weights == demo.SCALED_FP8 else demo._TORCH_DTYPES[weights]
     config.set_inference_dtype(dtype, mm.unet_manual_cast(dtype, load_device, config.supported_inference_dtypes))
     model = config.get_model({}, "", device=build_device)
     _randomize_on(model.diffusion_model, SEED)
+    if weights == demo.SCALED_FP8:
+        state = demo.scaled_fp8_state_dict(model.diffusion_model)
+        del model
+        model = demo.load_scaled_fp8(model_config(), state).model
+        del state
     model = model.to(mm.unet_offload_device())
     if torch.cuda.is_available():
         torch.cuda.synchronize()

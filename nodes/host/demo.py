@@ -128,7 +128,7 @@ def scaled_fp8_state_dict(diffusion_model: torch.nn.Module) -> dict:
     return sd
 
 
-def _load_scaled_fp8(model_config, sd: dict):
+def load_scaled_fp8(model_config, sd: dict):
     """A ModelPatcher of a scaled-fp8 state dict through ComfyUI's own route: 0.33 converts the
     old format to its quantized layers (`convert_old_quants`, `quant_config`), older versions use
     `model_config.scaled_fp8` (feature-detected)."""
@@ -174,7 +174,7 @@ def build_demo_model(family: str, weight_dtype: str = "fp32", seed: int = 0) -> 
     recipe = available[family]
     if weight_dtype == SCALED_FP8:
         full = _build_unet(recipe.model_config(), "fp32", seed)
-        unet = _load_scaled_fp8(recipe.model_config(), scaled_fp8_state_dict(full.model.diffusion_model))
+        unet = load_scaled_fp8(recipe.model_config(), scaled_fp8_state_dict(full.model.diffusion_model))
     else:
         unet = _build_unet(recipe.model_config(), weight_dtype, seed)
     return DemoModel(model=unet, clip=recipe.clip(seed + 1), vae=recipe.vae(seed + 2))

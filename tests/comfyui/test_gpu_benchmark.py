@@ -68,3 +68,15 @@ def test_tiny_benchmark_builds_every_architecture(comfy_dir, tmp_path):
             assert row["unsupported"].startswith("this ComfyUI has no"), row
         else:
             _trained(row)
+
+
+def test_tiny_benchmark_trains_a_scaled_fp8_checkpoint(comfy_dir, tmp_path):
+    """`fp8_scaled` goes through ComfyUI's own route for `*_fp8_scaled` files (0.33: its quantized
+    layers, where TrainLoraNode's quantized backward acts)."""
+    rows, _ = _run(comfy_dir, tmp_path, "--weights", "fp8_scaled", "--runs", "ours:auto,native:offload+bypass+qbwd")
+    assert [(r["weights"], r["impl"]) for r in rows] == [("fp8_scaled", "ours"), ("fp8_scaled", "native")]
+    _trained(rows[0])
+    if {"offloading", "bypass_mode", "quantized_backward"} <= _native_inputs():
+        _trained(rows[1])
+    else:
+        assert rows[1]["unsupported"].startswith("this ComfyUI's TrainLoraNode has no"), rows[1]
