@@ -38,6 +38,7 @@ the last loss, and whether the peak reserved memory stayed within the usable VRA
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -246,7 +247,7 @@ def native_missing(flags: set[str]) -> str | None:
     if not hasattr(TrainLoraNode, "define_schema"):
         return "this ComfyUI's TrainLoraNode has no V3 schema"
     ids = {getattr(i, "id", None) for i in TrainLoraNode.define_schema().inputs}
-    missing = sorted(NATIVE_FLAGS[f] for f in flags | {"offload"} if NATIVE_FLAGS[f] not in ids)
+    missing = sorted(NATIVE_FLAGS[f] for f in flags if NATIVE_FLAGS[f] not in ids)
     return f"this ComfyUI's TrainLoraNode has no {', '.join(missing)} input" if missing else None
 
 
@@ -497,31 +498,25 @@ def main() -> None:
     started, rows = time.monotonic(), []
     sizes = [int(s) for s in args.sizes.split(",")][:1 if args.tiny else None]  # --tiny trains one size
     # Sizes innermost: with a time budget, the last runs (native:default by default) are skipped first.
-    for arch in archs:
-        for weights in args.weights.split(","):
-            for dynamic in dynamics:
-                for run in runs:
-                    for px in sizes:
-                        elapsed = time.monotonic() - started
-                        if args.budget_s is not None and elapsed >= args.budget_s:
-                            impl, mode = run.split(":")
-                            row = {"arch": arch, "tiny": args.tiny, "weights": weights, "px": px, "impl": impl,
-                                   "memory_mode": mode, "dynamic_vram": dynamic == "on",
-                                   "skipped": f"time budget of {args.budget_s:.0f} s spent"}
-                        else:
-                            timeout = args.run_timeout if args.budget_s is None else \
-                                max(10.0, min(args.run_timeout, args.budget_s + args.run_timeout / 2 - elapsed))
-                            print(f"[{time.strftime('%H:%M:%S')} +{elapsed:.0f}s] {arch} {weights} {px} px {run} "
-                                  f"dynamic VRAM {dynamic}", file=sys.stderr, flush=True)
-                            row = run_child(args, arch, weights, px, run, dynamic == "on", timeout)
-                        rows.append(row)
-                        print(json.dumps(row), flush=True)
-                        if args.jsonl:
-                            with args.jsonl.open("a") as f:
-                                f.write(json.dumps(row) + "\n")
-                        if args.markdown:
-                            args.markdown.write_text(markdown(rows))
-
+    for arch, weights, dynamic, run, px in itertools.product(archs, args.weights.split(","), dynamics, runs, sizes):
+        elapsed = time.monotonic() - started
+        if args.budget_s is not None and elapsed >= args.budget_s:
+            impl, mode = run.split(":")
+            row = {"arch": arch, "tiny": args.tiny, "weights": weights, "px": px, "impl": impl, "memory_mode": mode,
+                   "dynamic_vram": dynamic == "on", "skipped": f"time budget of {args.budget_s:.0f} s spent"}
+        else:
+            timeout = args.run_timeout if args.budget_s is None else \
+                max(10.0, min(args.run_timeout, args.budget_s + args.run_timeout / 2 - elapsed))
+            print(f"[{time.strftime('%H:%M:%S')} +{elapsed:.0f}s] {arch} {weights} {px} px {run} dynamic VRAM {dynamic}",
+                  file=sys.stderr, flush=True)
+            row = run_child(args, arch, weights, px, run, dynamic == "on", timeout)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if args.jsonl:
+            with args.jsonl.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+        if args.markdown:
+            args.markdown.write_text(markdown(rows))
 
 if __name__ == "__main__":
     main()
