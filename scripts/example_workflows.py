@@ -273,22 +273,21 @@ def qwen_image_person_lora():
     return g, note
 
 
-def _single_image_masked(loaders: dict, name: str, sample_steps: int, note: str):
+def _single_image_masked(unet: str, clip: str, clip_type: str, vae: str, name: str, sample_steps: int, note: str):
     """Seed 003's single-image masked character recipe (the Flux example's graph: rank 4, 400 steps
-    at 512 px, saves and samples every 100 steps and at step 0) on another family's loaders."""
+    at 512 px, saves and samples every 100 steps and at step 0) on another family's files: its
+    diffusion model, its one text encoder (Load CLIP of `clip_type`) and its VAE."""
     args = parse_args(["--unet", "x", "--name", name, "--write-workflow", "-"])
     args.sample_steps = sample_steps
     prompt = example_prompt(args)
-    prompt.update(loaders)
+    prompt.update({"1": {"class_type": "UNETLoader", "inputs": {"unet_name": unet, "weight_dtype": "default"}},
+                   "2": {"class_type": "CLIPLoader", "inputs": {"clip_name": clip, "type": clip_type,
+                                                                "device": "default"}},
+                   "3": {"class_type": "VAELoader", "inputs": {"vae_name": vae}}})
     return prompt, note
 
 
 def zimage_single_image_masked_lora():
-    loaders = {"1": {"class_type": "UNETLoader", "inputs": {"unet_name": "z_image_turbo_bf16.safetensors",
-                                                            "weight_dtype": "default"}},
-               "2": {"class_type": "CLIPLoader", "inputs": {"clip_name": "qwen_3_4b.safetensors", "type": "lumina2",
-                                                            "device": "default"}},
-               "3": {"class_type": "VAELoader", "inputs": {"vae_name": "ae.safetensors"}}}
     note = ("Z-Image Turbo single-image masked character LoRA (LoRA Lab), seed 003's recipe on Z-Image.\n"
             "LoadImage -> Dataset From Images (LoadImage alpha: the transparent background is left out of the "
             "loss) -> Train: rank 4, 400 steps at 512 px, saving and sampling every 100 steps and at step 0 -- pick "
@@ -297,15 +296,11 @@ def zimage_single_image_masked_lora():
             "VAE. Only the diffusion model trains (the text encoder is an LLM). Timesteps: sigmoid shifted by the "
             "model's own sampling shift (3.0), written to the file. Samples: 8 steps at cfg 1 (Turbo). Change: the "
             "image (a PNG with a transparent background), the trigger word and caption, the model files.")
-    return _single_image_masked(loaders, "my_zimage_lora", 8, note)
+    return _single_image_masked("z_image_turbo_bf16.safetensors", "qwen_3_4b.safetensors", "lumina2", "ae.safetensors",
+                                "my_zimage_lora", 8, note)
 
 
 def flux2_klein_single_image_masked_lora():
-    loaders = {"1": {"class_type": "UNETLoader", "inputs": {"unet_name": "flux-2-klein-4b.safetensors",
-                                                            "weight_dtype": "default"}},
-               "2": {"class_type": "CLIPLoader", "inputs": {"clip_name": "qwen_3_4b.safetensors", "type": "flux2",
-                                                            "device": "default"}},
-               "3": {"class_type": "VAELoader", "inputs": {"vae_name": "flux2-vae.safetensors"}}}
     note = ("Flux.2 Klein single-image masked character LoRA (LoRA Lab), seed 003's recipe on Flux.2 Klein.\n"
             "LoadImage -> Dataset From Images (LoadImage alpha) -> Train: rank 4, 400 steps at 512 px, saving and "
             "sampling every 100 steps and at step 0. Loads the usual Klein files: the diffusion model with Load "
@@ -313,7 +308,8 @@ def flux2_klein_single_image_masked_lora():
             "sides are cropped to multiples of 16). Only the diffusion model trains. Timesteps: sigmoid shifted by "
             "the model's own sampling shift (ComfyUI's 2.02 is a log-shift: e^2.02), written to the file. Samples: "
             "4 steps at cfg 1 (distilled). Change: the image, the trigger word and caption, the model files.")
-    return _single_image_masked(loaders, "my_flux2_klein_lora", 4, note)
+    return _single_image_masked("flux-2-klein-4b.safetensors", "qwen_3_4b.safetensors", "flux2",
+                                "flux2-vae.safetensors", "my_flux2_klein_lora", 4, note)
 
 
 WORKFLOWS = {

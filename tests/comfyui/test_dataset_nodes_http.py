@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 
 from labtest.server import execution_error, refusal
-from labtest.workflows import OPTIMIZER_DEFAULTS
+from labtest.workflows import OPTIMIZER_DEFAULTS, load_dataset_node
 
 
 def make_folder(base, name):
@@ -29,19 +29,12 @@ def make_folder(base, name):
     return root
 
 
-def load_dataset_node(folder, custom_path=""):
-    return {"class_type": "LoRALabLoadDataset", "inputs": {
-        "folder": folder, "custom_path": custom_path, "caption_extension": ".txt", "resolution": 256,
-        "min_side": 128, "max_side": 512, "bucket_step": 64, "no_upscale": False, "flip": True,
-        "max_image_side": 3072, "on_bad_file": "skip"}}
-
-
 def test_folder_dataset_trains_with_two_buckets(server):
     name = f"ds_{uuid.uuid4().hex[:8]}"
     make_folder(server.base, name)
     prompt = {
         "1": {"class_type": "LoRALabDemoModel", "inputs": {"family": "SD1.5", "weight_dtype": "fp32", "seed": 0}},
-        "2": load_dataset_node(name),
+        "2": load_dataset_node(name, flip=True),
         "3": {"class_type": "LoRALabCaptionTemplate", "inputs": {
             "dataset": ["2", 0], "template": "{trigger}, {caption}", "trigger": "sks", "mode": "tags", "prefix": "",
             "suffix": "", "remove_tags": "simple background", "implications": "", "prune_defining": 0.0,
@@ -84,16 +77,16 @@ def test_folder_outside_the_allowed_roots_is_refused(server, tmp_path):
     outside = tmp_path / "secret"
     outside.mkdir()
     Image.new("RGB", (64, 64)).save(outside / "x.png")
-    message = run_error(server, load_dataset_node("", custom_path=str(outside)))
+    message = run_error(server, load_dataset_node(custom_path=str(outside), flip=True))
     assert "custom_path" in message and "not inside an allowed dataset root" in message
 
 
 def test_empty_and_missing_folders_are_named(server):
     empty = f"empty_{uuid.uuid4().hex[:8]}"
     (server.base / "input" / empty).mkdir()
-    assert "no images found" in run_error(server, load_dataset_node(empty))
+    assert "no images found" in run_error(server, load_dataset_node(empty, flip=True))
     # a folder that is not in the list: 0.33 refuses the value up front, 0.3.64 leaves it to the node
-    message = refusal(server, {"1": load_dataset_node("does_not_exist"),
+    message = refusal(server, {"1": load_dataset_node("does_not_exist", flip=True),
                                "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 2]}}})
     assert "does_not_exist does not exist or is not a folder" in message or (
         '"value_not_in_list"' in message and "folder: 'does_not_exist' not in" in message), message

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from labtest import families
-from labtest.training import build_in_executor_mode, make_request, one_image_dataset, train
+from labtest.training import build_in_executor_mode, make_request, one_image_dataset, saved_file, train
 
 CHROMA = families.params(["Chroma"])
 
@@ -70,12 +70,9 @@ def test_chroma_takes_no_training_guidance(host, family):
 
 @pytest.mark.parametrize("family", CHROMA)
 def test_chroma_file_names_kohya_keys_and_the_model_shift(host, loras_dir, family):
-    from safetensors import safe_open
-
     demo = build_in_executor_mode(host, family)
     result = train(_request(demo))
-    with safe_open(str(result.lora_path), "pt") as f:
-        meta, keys = f.metadata(), set(f.keys())
+    meta, keys = saved_file(result.lora_path)
     assert "lora_unet_single_blocks_0_linear1.lora_down.weight" in keys
     assert not any(k.startswith(("lora_te", "lora_unet_distilled_guidance_layer")) for k in keys)
     assert (meta["ss_base_model_version"], meta["modelspec.architecture"], meta["modelspec.implementation"]) == (

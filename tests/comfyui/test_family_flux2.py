@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from labtest import families
-from labtest.training import build_in_executor_mode, make_request, one_image_dataset, pattern_image, train
+from labtest.training import build_in_executor_mode, make_request, one_image_dataset, pattern_image, saved_file, train
 
 KLEIN = families.params(["Flux.2 Klein"])
 FULL = families.params(["Flux.2"])
@@ -26,8 +26,6 @@ def _request(demo, image=None, mask=None, steps=2, **overrides):
 def test_flux2_trains_16x_latents_of_any_multiple_of_16_with_the_mask_on_the_latent_grid(host, loras_dir, family):
     """A 48x80 image (3x5 latent cells of the 16x VAE; not a multiple of 32) trains as it is, its
     mask area-averaged to the 3x5 grid; the resolution metadata is the image's own size."""
-    from safetensors import safe_open
-
     from comfyui_lora_lab.nodes import train_run
 
     demo = build_in_executor_mode(host, family)
@@ -44,8 +42,7 @@ def test_flux2_trains_16x_latents_of_any_multiple_of_16_with_the_mask_on_the_lat
     expected[0, 0], expected[1, 1] = 1.0, 0.5
     assert torch.allclose(sample.weight.reshape(5, 3), expected)
     result = train(request)
-    with safe_open(str(result.lora_path), "pt") as f:
-        meta = f.metadata()
+    meta, _ = saved_file(result.lora_path)
     assert meta["ss_resolution"] == "48x80"
     assert (meta["ss_base_model_version"], meta["modelspec.architecture"]) == ("flux2", "flux-2-dev/lora")
     # ComfyUI samples Flux.2 with Flux's exponential shift mu = 2.02: the linear shift e^2.02

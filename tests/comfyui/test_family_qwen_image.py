@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from labtest import families
-from labtest.training import build_in_executor_mode, make_request, pattern_image, train
+from labtest.training import build_in_executor_mode, make_request, pattern_image, saved_file, train
 
 QWEN = families.params(["Qwen-Image"])
 
@@ -49,16 +49,13 @@ def test_qwen_image_demo_is_small_and_its_text_encoder_is_the_language_model_onl
 
 @pytest.mark.parametrize("family", QWEN)
 def test_qwen_image_file_keys_metadata_and_the_model_shift(host, loras_dir, family):
-    from safetensors import safe_open
-
     from comfyui_lora_lab.nodes.host import TrainingModel
 
     demo = build_in_executor_mode(host, family)
     with TrainingModel(demo.model, None, False, 1.0) as model:
         assert model.guidance is None  # Qwen-Image takes no guidance embedding
     result = train(_request(demo))
-    with safe_open(str(result.lora_path), "pt") as f:
-        meta, keys = f.metadata(), set(f.keys())
+    meta, keys = saved_file(result.lora_path)
     for layer in ("attn_to_q", "attn_add_k_proj", "attn_to_add_out", "img_mlp_net_2", "txt_mlp_net_0_proj"):
         assert f"lora_unet_transformer_blocks_0_{layer}.lora_down.weight" in keys
     assert not any("_mod_" in key for key in keys)  # modulations only with the "all" preset

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from labtest import families
-from labtest.training import build_in_executor_mode, pattern_image
+from labtest.training import build_in_executor_mode, pattern_image, saved_file
 
 SD3 = families.params(["SD3.5"])
 
@@ -40,15 +40,12 @@ def test_sd3_variant_names_are_kohyas(host, unet_config, version):
 
 @pytest.mark.parametrize("family", SD3)
 def test_sd3_file_has_kohya_names_both_clips_and_comfyuis_shift(host, loras_dir, family):
-    from safetensors import safe_open
-
     from comfyui_lora_lab.training.settings import OptimizerSettings
 
     demo = build_in_executor_mode(host, family)
     assert host.sampling_shift(demo.model) == 3.0  # ComfyUI's SD3 sampling settings
     result = _train(demo, optimizer=OptimizerSettings(text_encoder_lr=1e-3))
-    with safe_open(str(result.lora_path), "pt") as f:
-        meta, keys = f.metadata(), set(f.keys())
+    meta, keys = saved_file(result.lora_path)
     assert {"lora_unet_joint_blocks_0_context_block_attn_qkv.lora_down.weight",
             "lora_unet_joint_blocks_0_x_block_attn2_proj.lora_down.weight",
             "lora_unet_joint_blocks_1_x_block_mlp_fc2.lora_down.weight",

@@ -5,7 +5,7 @@ metadata names and the timestep shift ComfyUI samples Z-Image with (3.0)."""
 import pytest
 
 from labtest import families
-from labtest.training import build_in_executor_mode, make_request, one_image_dataset, train
+from labtest.training import build_in_executor_mode, make_request, one_image_dataset, saved_file, train
 
 Z_IMAGE = families.params(["Z-Image"])
 
@@ -27,16 +27,13 @@ def test_z_image_pixel_space_subclass_is_refused_by_name(host, loras_dir, family
 
 @pytest.mark.parametrize("family", Z_IMAGE)
 def test_z_image_file_names_module_keys_metadata_and_the_model_shift(host, loras_dir, family):
-    from safetensors import safe_open
-
     from comfyui_lora_lab.nodes.host import TrainingModel
 
     demo = build_in_executor_mode(host, family)
     with TrainingModel(demo.model, None, False, 1.0) as model:
         assert model.guidance is None  # Z-Image takes no guidance embedding
     result = train(_request(demo))
-    with safe_open(str(result.lora_path), "pt") as f:
-        meta, keys = f.metadata(), set(f.keys())
+    meta, keys = saved_file(result.lora_path)
     assert "lora_unet_layers_0_attention_qkv.lora_down.weight" in keys
     assert "lora_unet_noise_refiner_0_attention_qkv.lora_down.weight" in keys  # the refiners adapt too
     assert (meta["ss_base_model_version"], meta["modelspec.architecture"]) == ("z_image", "z-image-turbo/lora")

@@ -16,7 +16,7 @@ import pytest
 from safetensors.torch import load_file
 
 from labtest.server import ComfyServer, PromptRejected, execution_error
-from labtest.workflows import NETWORK_DEFAULTS, SAMPLES_DEFAULTS, SAVE_DEFAULTS, training_prompt
+from labtest.workflows import NETWORK_DEFAULTS, SAMPLES_DEFAULTS, SAVE_DEFAULTS, load_dataset_node, training_prompt
 
 
 class Holder:
@@ -142,11 +142,8 @@ def test_hidden_names_and_dot_subfolders_are_refused(srv):
 
 def test_a_custom_path_outside_the_roots_names_the_rule_not_the_roots(srv, tmp_path):
     """Defect 11: errors shown to remote clients listed the server's allowed dataset roots."""
-    prompt = {"1": {"class_type": "LoRALabLoadDataset", "inputs": {
-        "folder": "", "custom_path": str(tmp_path), "caption_extension": ".txt", "resolution": 256, "min_side": 128,
-        "max_side": 512, "bucket_step": 64, "no_upscale": False, "flip": False, "max_image_side": 3072,
-        "on_bad_file": "skip"}},
-        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 2]}}}
+    prompt = {"1": load_dataset_node(custom_path=str(tmp_path)),
+              "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 2]}}}
     message = error_of(srv, prompt)
     assert message.startswith("custom_path:") and "dataset_roots" in message
     assert str(srv.base / "input") not in message

@@ -10,7 +10,7 @@ from PIL import Image
 from labtest import PACK_ROOT
 from labtest.onnx_models import REMBG_INPUT_SIZES, write_tiny_rembg_model
 from labtest.server import execution_error
-from labtest.workflows import OPTIMIZER_DEFAULTS
+from labtest.workflows import OPTIMIZER_DEFAULTS, load_dataset_node
 
 SUBJECT = PACK_ROOT / "example_workflows" / "lora_lab_sample_subject.png"
 
@@ -79,20 +79,13 @@ def make_concepts(base, name):
     return root
 
 
-def load_dataset(folder):
-    return {"class_type": "LoRALabLoadDataset", "inputs": {
-        "folder": folder, "custom_path": "", "caption_extension": ".txt", "resolution": 256, "min_side": 128,
-        "max_side": 512, "bucket_step": 64, "no_upscale": False, "flip": False, "max_image_side": 3072,
-        "on_bad_file": "skip"}}
-
-
 def test_folder_masks_composites_merge_and_train(server):
     plant_model(server)
     name = f"cp_{uuid.uuid4().hex[:8]}"
     make_concepts(server.base, name)
     prompt = {
         "1": base_model(),
-        "2": load_dataset(name),
+        "2": load_dataset_node(name),
         "3": {"class_type": "LoRALabDatasetMasks", "inputs": {
             "dataset": ["2", 0], "source": "background removal", "model": "u2netp", "replace_existing": False,
             "threshold": 0.5, "grow": 2, "feather": 2, "fill_holes": True, "invert": False,
@@ -162,7 +155,7 @@ def pairing_error(server, loader, gap):
 def test_composites_wider_than_the_buckets_allow_are_refused(server):
     name = f"wide_{uuid.uuid4().hex[:8]}"
     make_concepts(server.base, name)
-    loader = load_dataset(name)
+    loader = load_dataset_node(name)
     loader["inputs"].update(resolution=256, min_side=128, max_side=256)  # buckets at most 2:1
     error = pairing_error(server, loader, gap=256)
     assert error is not None and server.alive()
@@ -174,5 +167,5 @@ def test_pairing_needs_two_concepts(server):
     folder = server.base / "input" / name / "1_solo"
     folder.mkdir(parents=True)
     subject_on_ground(folder / "a.png")
-    error = pairing_error(server, load_dataset(name), gap=0)
+    error = pairing_error(server, load_dataset_node(name), gap=0)
     assert error is not None and "at least two concepts" in error["exception_message"]

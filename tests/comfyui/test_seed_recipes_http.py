@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from labtest.server import execution_error
 from labtest.workflows import (NETWORK_DEFAULTS, OBJECTIVE_DEFAULTS, OPTIMIZER_DEFAULTS, SAMPLES_DEFAULTS,
-                               training_prompt)
+                               load_dataset_node, training_prompt)
 
 CAPTIONS = {"template": "{caption}", "trigger": "", "mode": "tags", "prefix": "", "suffix": "", "remove_tags": "",
             "implications": "", "prune_defining": 0.0, "shuffle": False, "keep_tokens": 1, "keep_separator": "|||",
@@ -36,13 +36,6 @@ def lora_file(server, name):
     return server.base / "models" / "loras" / "loralab" / f"{name}.safetensors"
 
 
-def load_dataset(folder):
-    return {"class_type": "LoRALabLoadDataset", "inputs": {
-        "folder": folder, "custom_path": "", "caption_extension": ".txt", "resolution": 256, "min_side": 64,
-        "max_side": 512, "bucket_step": 64, "no_upscale": False, "flip": False, "max_image_side": 3072,
-        "on_bad_file": "skip"}}
-
-
 def test_1to2_stage_two_captions_keep_every_tag_of_both_characters(server):
     """Load Dataset -> Caption Template {concept}, {caption} -> Composite Pairs -> Caption Template
     {caption}: two characters sharing '1girl' keep it on both sides (seed 000's format)."""
@@ -54,7 +47,7 @@ def test_1to2_stage_two_captions_keep_every_tag_of_both_characters(server):
         Image.new("RGB", (64, 96), colour).save(folder / "0.png")
         (folder / "0.txt").write_text(tags, encoding="utf-8")
     prompt = {
-        "2": load_dataset(name),
+        "2": load_dataset_node(name, min_side=64),
         "3": {"class_type": "LoRALabCaptionTemplate", "inputs": {**CAPTIONS, "dataset": ["2", 0],
                                                                  "template": "{concept}, {caption}"}},
         "4": {"class_type": "LoRALabCompositePairs", "inputs": {
@@ -168,7 +161,8 @@ def test_load_dataset_summarises_missing_captions_per_concept_by_folder_name(ser
     folder.mkdir(parents=True)
     for i in range(5):
         Image.new("RGB", (64, 64), (10 * i, 80, 120)).save(folder / f"{i}.png")
-    prompt = {"2": load_dataset(name), "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 1]}}}
+    prompt = {"2": load_dataset_node(name, min_side=64),
+              "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 1]}}}
     entry = server.run(prompt)
     assert execution_error(entry) is None, execution_error(entry)
     summary = entry["outputs"]["2"]["text"][0]

@@ -76,3 +76,11 @@ def train(request):
 
     with torch.inference_mode(False):
         return train_run.run(request)
+
+
+def saved_file(path) -> tuple[dict, set[str]]:
+    """(metadata, tensor names) of a saved LoRA file."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.metadata(), set(f.keys())

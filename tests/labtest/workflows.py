@@ -1,5 +1,15 @@
 """API-format prompts built in tests (node id -> {class_type, inputs})."""
 
+# Load Dataset's inputs in the tests: 256 px buckets from 128 to 512 px, no flips.
+LOAD_DATASET_DEFAULTS = {"custom_path": "", "caption_extension": ".txt", "resolution": 256, "min_side": 128,
+                         "max_side": 512, "bucket_step": 64, "no_upscale": False, "flip": False,
+                         "max_image_side": 3072, "on_bad_file": "skip"}
+
+
+def load_dataset_node(folder: str = "", **inputs) -> dict:
+    """A Load Dataset node reading `folder` (or `custom_path`), other inputs as in LOAD_DATASET_DEFAULTS."""
+    return {"class_type": "LoRALabLoadDataset", "inputs": {"folder": folder, **LOAD_DATASET_DEFAULTS, **inputs}}
+
 
 def demo_sampling_prompt(family: str, weight_dtype: str = "fp32", size: int = 64, prefix: str = "demo") -> dict:
     """Demo Model -> text encode -> empty latent -> KSampler -> VAE decode -> SaveImage."""
