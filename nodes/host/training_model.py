@@ -183,12 +183,12 @@ class TrainingModel:
         self.guidance = guidance if self.profile.guidance(unet) else None
         if network is not None:  # None: the model as it is (evaluation, comparisons)
             attach_with(self.patcher, network)
-        self.patcher.add_object_patch("model_sampling", _raw_output_sampling(model.get_model_object("model_sampling")))
+        sampling = model.get_model_object("model_sampling")
+        self.patcher.add_object_patch("model_sampling", _raw_output_sampling(sampling))
         autograd.freeze_base_weights(self.patcher)
         if checkpointing or self.profile.copies_without_checkpointing:
             autograd.wrap_blocks(self.patcher, self.profile.checkpoint_blocks, checkpoint=checkpointing,
                                  keep_first=keep_activations_blocks)
-        sampling = model.get_model_object("model_sampling")
         flow = type(self.family).__name__ == "Flow"
         self.sigma_table = None if flow else sampling.sigmas.detach().float().clone()
         self.downscale = latent_downscale(model)
@@ -219,12 +219,11 @@ class TrainingModel:
     def __enter__(self):
         self._flags.enter_context(training_flags())
         try:
-            self._load()
             if self.network is not None:
                 self.network.to(self.device)
             if self.text_encoder is not None:
                 self.text_encoder.network.to(self.text_encoder.patcher.load_device)
-            self.reload()  # adapters attached (also on every re-injection; attach() is idempotent)
+            self.reload()  # loaded, adapters attached (also on every re-injection; attach() is idempotent)
         except BaseException:
             self.close()
             raise
