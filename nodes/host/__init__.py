@@ -16,15 +16,12 @@ ComfyUI start-up. Supported: ComfyUI 0.3.64 to 0.33.0.
 """
 
 from .demo import DemoModel, build_demo_model, demo_families, randomize_module  # noqa: F401
-from .families import (base_family, demos, prediction_family, profile_of, target_modules,  # noqa: F401
-                       text_encoder_targets)
-from .folders import (CONFIG_FILE_NAME, allowed_dataset_roots, config_path, find_lora, find_state_file,  # noqa: F401
-                      input_folder, input_subfolders, lora_file_names, loras_folder, rembg_model_folders,
-                      resolve_dataset_folder, state_file_names)
+from .families import demos, prediction_family, profile_of, target_modules, text_encoder_targets  # noqa: F401
+from .folders import (find_lora, find_state_file, input_subfolders, lora_file_names, loras_folder,  # noqa: F401
+                      rembg_model_folders, resolve_dataset_folder, state_file_names)
 from .sampling import apply_lora, sample_images, sampler_names  # noqa: F401
 from .server import Progress, emit, register_routes, save_temp_images  # noqa: F401
 from .training_model import (TrainingModel, TrainingTextEncoder, clip_skip, encode_caption,  # noqa: F401
                              encode_images, latent_downscale, training_base, offload_from_device, pixel_multiple,
                              sampling_shift)
-from .version import (check_host, comfyui_version, interrupt_exception, interrupt_types, log,  # noqa: F401
-                      interrupted, training_flags)
+from .version import check_host, comfyui_version, interrupt_exception, interrupt_types, interrupted, log  # noqa: F401

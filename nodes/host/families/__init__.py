@@ -23,10 +23,6 @@ def profile_of(patcher) -> FamilyProfile:
     raise ValueError(f"unsupported model family {name}: LoRA Lab trains {supported} models")
 
 
-def base_family(patcher) -> str:
-    return profile_of(patcher).name
-
-
 def prediction_family(patcher):
     """The objective in the model's own prediction space, from ComfyUI's model type."""
     from comfy.model_base import ModelType
@@ -109,12 +105,10 @@ def target_modules(patcher, preset: str) -> dict[str, torch.nn.Module]:
     return targets
 
 
-def text_encoder_targets(clip, profile: FamilyProfile | str) -> dict[str, torch.nn.Module]:
+def text_encoder_targets(clip, profile: FamilyProfile) -> dict[str, torch.nn.Module]:
     """{file name prefix: Linear} for the CLIP text encoder layers (attention and MLP)."""
     import comfy.lora
 
-    if isinstance(profile, str):
-        profile = next(p for p in PROFILES if p.name == profile)
     prefixes = profile.text_encoders
     if not prefixes:
         raise ValueError(f"text_encoder_lr: {profile.text_encoder_note or 'this family has no CLIP text encoder'}; "
